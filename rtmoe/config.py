@@ -1,0 +1,281 @@
+"""The one config tree: frozen dataclasses, TOML load/save, validation, content hash.
+
+Every artifact (checkpoint, shard index, engine, subject profile) stores the resolved
+tree beside it, so the same preprocessing runs offline, in calibration and live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+#: The 19 electrodes of the 10-20 system used for pretraining (SPEC §1), old T3-T6 names.
+TEN_TWENTY_19: tuple[str, ...] = (
+    "FP1", "FP2", "F3", "F4", "C3", "C4", "P3", "P4", "O1", "O2",
+    "F7", "F8", "T3", "T4", "T5", "T6", "FZ", "CZ", "PZ",
+)  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class SignalConfig:
+    """Preprocessing shared by pretraining, fine-tuning, calibration and the live path.
+
+    ``l_freq``/``h_freq``/``notch_freq`` set to ``None`` disable that filter: slow-potential
+    tasks (SelfRegulationSCP1) need the content below 0.3 Hz (DATA.md).
+    """
+
+    sfreq: float = 200.0
+    l_freq: float | None = 0.3
+    h_freq: float | None = 75.0
+    notch_freq: float | None = 50.0
+    unit_uv: float = 100.0  # model unit: signals are divided by this many µV
+
+    def validate(self) -> None:
+        _positive(self, "sfreq", "unit_uv")
+        nyquist = self.sfreq / 2
+        for name in ("l_freq", "h_freq", "notch_freq"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < nyquist:
+                raise ConfigError(
+                    f"signal.{name}={value} must lie in (0, {nyquist}) Hz for sfreq="
+                    f"{self.sfreq}; set it inside that range or to none to disable it"
+                )
+        if self.l_freq is not None and self.h_freq is not None and self.l_freq >= self.h_freq:
+            raise ConfigError(
+                f"signal.l_freq={self.l_freq} must be below signal.h_freq={self.h_freq}"
+            )
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """How recordings become pretraining segments (SPEC §1)."""
+
+    channels: tuple[str, ...] = TEN_TWENTY_19
+    segment_s: float = 30.0
+    trim_s: float = 60.0  # dropped at both ends of every recording
+    min_recording_s: float = 300.0
+    reject_uv: float | None = 100.0  # segments whose max |x| reaches this are rejected
+    n_partitions: int = 3  # one per expert
+    seed: int = 0
+
+    def validate(self) -> None:
+        _positive(self, "segment_s", "min_recording_s", "n_partitions")
+        if self.trim_s < 0:
+            raise ConfigError(f"corpus.trim_s={self.trim_s} must be >= 0")
+        if not self.channels:
+            raise ConfigError("corpus.channels is empty; list the electrode names to keep")
+
+
+@dataclass(frozen=True)
+class SpectralConfig:
+    """STFT of the masking pipeline and Welch PSD of the gate, in seconds (SPEC §2, §5)."""
+
+    stft_window_s: float = 2.0  # n_fft = 2·fs = 400 at 200 Hz
+    stft_hop_s: float = 1.0  # hop = fs = 200 at 200 Hz
+    welch_window_s: float = 2.0  # nperseg = 2·fs, 50 % overlap; fs for 1 s windows
+
+    def validate(self) -> None:
+        _positive(self, "stft_window_s", "stft_hop_s", "welch_window_s")
+        if self.stft_hop_s > self.stft_window_s:
+            raise ConfigError(
+                f"spectral.stft_hop_s={self.stft_hop_s} exceeds spectral.stft_window_s="
+                f"{self.stft_window_s}; frames would leave gaps"
+            )
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Gaussian-smoothed spectral masking (SPEC §2)."""
+
+    mask_ratio: float = 0.5
+    p_freq: float = 0.6
+    p_time: float = 0.3
+    p_tf: float = 0.1
+    band_bias: float = 0.5  # probability of moving f0 into an EEG band
+    band_probs: tuple[float, float, float, float] = (0.3, 0.4, 0.2, 0.1)  # δ θ α β
+    sigma_f_frac: float = 0.05
+    sigma_t_frac: float = 0.05
+    level: float = 1.0
+    max_components: int = 64  # safety bound on the drawing loop
+
+    def validate(self) -> None:
+        if not 0 < self.mask_ratio < 1:
+            raise ConfigError(f"mask.mask_ratio={self.mask_ratio} must lie in (0, 1)")
+        for name, probs in (
+            ("p_freq/p_time/p_tf", (self.p_freq, self.p_time, self.p_tf)),
+            ("band_probs", self.band_probs),
+        ):
+            if min(probs) < 0 or abs(sum(probs) - 1) > 1e-6:
+                raise ConfigError(f"mask.{name}={probs} must be non-negative and sum to 1")
+        _positive(self, "sigma_f_frac", "sigma_t_frac", "level", "max_components")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """SpecHi-Net hyper-parameters; named sizes live in rtmoe.models.registry."""
+
+    name: str = "small"
+    base_width: int = 32  # Down1 output of the paper size; later stages are multiples
+    short_kernel: int = 4
+    long_kernel: int = 65
+    long_dilation: int = 4
+    bottleneck_kernel: int = 8
+    n_heads: int = 8
+    dropout: float = 0.2
+
+    def validate(self) -> None:
+        _positive(self, "base_width", "short_kernel", "long_kernel", "long_dilation")
+        _positive(self, "bottleneck_kernel", "n_heads")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Optimisation of one expert (SPEC §3)."""
+
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    grad_clip: float = 5.0
+    batch_size: int = 64
+    accum_steps: int = 4
+    epochs: int = 50
+    spectral_loss_weight: float = 0.02
+    loss_n_fft: int = 512
+    loss_hop: int = 256
+    aux_weights: tuple[float, float] = (0.3, 0.2)
+    init_std: float = 0.02
+    amp: bool = True  # bfloat16 autocast, CUDA only
+    seed: int = 0
+    num_workers: int = 0
+    holdout_fraction: float = 0.1  # recordings held out to measure reconstruction
+
+    def validate(self) -> None:
+        _positive(self, "lr", "batch_size", "accum_steps", "epochs", "loss_n_fft", "loss_hop")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"pretrain.min_lr={self.min_lr} exceeds pretrain.lr={self.lr}")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ConfigError(
+                f"pretrain.holdout_fraction={self.holdout_fraction} must lie in [0, 1)"
+            )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The root of the tree. Sections are added here, never as free-standing settings."""
+
+    signal: SignalConfig = field(default_factory=SignalConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def validate(self) -> Config:
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
+        return self
+
+    def replace(self, **sections: Any) -> Config:
+        """Copy with whole sections or ``section={field: value}`` overrides replaced."""
+        updates = {}
+        for name, value in sections.items():
+            current = getattr(self, name)
+            updates[name] = (
+                dataclasses.replace(current, **value) if isinstance(value, dict) else value
+            )
+        return dataclasses.replace(self, **updates).validate()
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build ``cls`` from a nested dict; unknown keys are an error naming them."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown {cls.__name__} keys {unknown}; valid keys are {sorted(names)}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value)
+        elif _is_tuple(hint) and value is not None:
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_hash(obj: Any) -> str:
+    """Content hash (sha256, 16 hex digits) of a config dataclass or plain dict."""
+    data = obj if isinstance(obj, dict) else to_dict(obj)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a TOML file holding any subset of the sections; the rest are defaults."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; check the path") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    return from_dict(Config, _none_from_toml(data)).validate()
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the whole resolved tree as TOML (``None`` is written as the string "none")."""
+    Path(path).write_text(tomli_w.dumps(_none_to_toml(to_dict(config))))
+
+
+def _none_to_toml(data: dict) -> dict:
+    return {
+        k: _none_to_toml(v) if isinstance(v, dict) else ("none" if v is None else v)
+        for k, v in data.items()
+    }
+
+
+def _none_from_toml(data: dict) -> dict:
+    return {
+        k: _none_from_toml(v) if isinstance(v, dict) else (None if v == "none" else v)
+        for k, v in data.items()
+    }
+
+
+def _is_tuple(hint: Any) -> bool:
+    if typing.get_origin(hint) is tuple:
+        return True
+    if isinstance(hint, types.UnionType):
+        return any(typing.get_origin(arg) is tuple for arg in typing.get_args(hint))
+    return False
+
+
+def _positive(obj: Any, *names: str) -> None:
+    section = type(obj).__name__.removesuffix("Config").lower()
+    for name in names:
+        value = getattr(obj, name)
+        if not value > 0:
+            raise ConfigError(f"{section}.{name}={value} must be > 0")
