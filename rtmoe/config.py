@@ -125,22 +125,45 @@ class MaskConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """SpecHi-Net hyper-parameters; named sizes live in rtmoe.models.registry."""
+    """SpecHi-Net hyper-parameters (SPEC §3); named sizes live in rtmoe.models.registry.
+
+    The defaults are the ``small`` size (the CPU default). All widths derive from
+    ``base_width`` (w): Down1 1→w→2w, Down2 2w→2w, Down3 2w→4w, bottleneck 4w; the paper
+    has w = 32. Transformer layers have width 2w (after Down2 and Up1) or 4w (bottleneck)
+    and a feed-forward ``ff_mult`` times wider. Rotary frequencies are fixed in hertz: the
+    periods run geometrically from ``rotary_min_period_s`` to ``rotary_max_period_s`` and
+    the angle uses the token's time in seconds, so one scale serves every window length.
+    """
 
     name: str = "small"
-    base_width: int = 32  # Down1 output of the paper size; later stages are multiples
+    base_width: int = 16
     short_kernel: int = 4
     long_kernel: int = 65
     long_dilation: int = 4
     bottleneck_kernel: int = 8
-    n_heads: int = 8
+    n_heads: int = 4
+    ff_mult: int = 2
     dropout: float = 0.2
+    rotary_min_period_s: float = 2.0
+    rotary_max_period_s: float = 200.0
 
     def validate(self) -> None:
         _positive(self, "base_width", "short_kernel", "long_kernel", "long_dilation")
-        _positive(self, "bottleneck_kernel", "n_heads")
+        _positive(self, "bottleneck_kernel", "n_heads", "ff_mult", "rotary_min_period_s")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
+        d_model = 2 * self.base_width
+        if d_model % self.n_heads or (d_model // self.n_heads) % 2:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} must divide 2·base_width={d_model} into an "
+                "even head width (rotary encoding rotates pairs); pick n_heads so that "
+                "2·base_width/n_heads is even"
+            )
+        if self.rotary_max_period_s <= self.rotary_min_period_s:
+            raise ConfigError(
+                f"model.rotary_max_period_s={self.rotary_max_period_s} must exceed "
+                f"model.rotary_min_period_s={self.rotary_min_period_s}"
+            )
 
 
 @dataclass(frozen=True)
@@ -212,9 +235,7 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(
-            f"unknown {cls.__name__} keys {unknown}; valid keys are {sorted(names)}"
-        )
+        raise ConfigError(f"unknown {cls.__name__} keys {unknown}; valid keys are {sorted(names)}")
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]

@@ -1,0 +1,382 @@
+"""SpecMoE: SpecHi-Net experts fused by a spectral, feature-wise gate (SPEC §5).
+
+For a window ``x (batch, n_chans, n_times)`` in model units::
+
+    h_k = mean_t expert_k.encoder(x)               (batch, n_chans, D)   per electrode
+    g_k = sigmoid(W_k · log10(PSD(x) + floor) + b_k)  (batch, n_chans, D)   per electrode
+    H   = concat_k(h_k ⊙ g_k)                       (batch, n_chans, K·D)
+    logits = head(pool_c H)                         (batch, n_outputs)
+
+Every expert always runs; the gates neither compete (no softmax) nor select (no top-k).
+The electrode axis stays explicit until the channel pooling, so feature ``d`` of
+electrode ``c`` is gated by the spectrum of electrode ``c`` alone.
+
+Gate input
+----------
+The PSD is ``rtmoe.dsp.spectral.welch_psd`` of the model-unit window (units² / Hz),
+the same function the runtime averages its stored periodograms with. EEG power spans
+several decades across frequency (1/f) and between electrodes, so a linear gate over raw
+power would see only the lowest bins; the gate reads ``log10(PSD + PSD_FLOOR)`` instead,
+where ``PSD_FLOOR = 1e-10`` units²/Hz (1e-6 µV²/Hz at 100 µV per unit, far below any
+amplifier's noise floor) only keeps flat or zeroed channels finite. The log is taken
+inside the model, so callers pass the density exactly as ``welch_psd`` returns it.
+
+Ablations: ``use_psd_gate=False`` is plain concatenation (every gate is 1); one to three
+experts give the "one expert" ablation; experts built fresh give "no pretraining".
+
+``TaskConfig`` and ``MoEConfig`` are defined here until they join the config tree in
+``rtmoe.config``; meanwhile a checkpoint stores them in ``meta.json`` (keys ``task``,
+``moe``) beside ``config.toml``, which holds the signal, spectral and expert settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rtmoe.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_weights
+from rtmoe.config import Config, ConfigError, SpectralConfig, from_dict, to_dict
+from rtmoe.dsp.spectral import welch_nperseg, welch_psd
+from rtmoe.models.spechinet import SpecHiNet, SpecHiNetEncoder
+
+#: Checkpoint kind written by ``rtmoe finetune``.
+SPECMOE_KIND = "specmoe"
+#: Added to the PSD (model units² / Hz) before the log, so zero power stays finite.
+PSD_FLOOR = 1e-10
+CHANNEL_POOLS: tuple[str, ...] = ("mean", "max")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What a fine-tuned SpecMoE decodes: its input window and its outputs.
+
+    Attributes
+    ----------
+    name : str
+        The task or data set, for provenance.
+    ch_names : tuple of str
+        Electrodes in the order the model receives them.
+    n_times : int
+        Window length in samples at ``signal.sfreq`` (after resampling).
+    labels : tuple of str
+        Class names; output ``i`` is ``labels[i]``. Empty for regression.
+    regression : bool
+        Regression (MSE, ``n_targets`` outputs) instead of classification.
+    n_targets : int
+        Outputs of a regression task.
+    """
+
+    name: str = "task"
+    ch_names: tuple[str, ...] = ()
+    n_times: int = 0
+    labels: tuple[str, ...] = ()
+    regression: bool = False
+    n_targets: int = 1
+
+    @property
+    def n_chans(self) -> int:
+        return len(self.ch_names)
+
+    @property
+    def n_outputs(self) -> int:
+        return self.n_targets if self.regression else len(self.labels)
+
+    def validate(self) -> None:
+        if not self.ch_names or len(set(self.ch_names)) != len(self.ch_names):
+            raise ConfigError(
+                f"task.ch_names={self.ch_names} must list each electrode once, in input order"
+            )
+        if self.n_times < 2:
+            raise ConfigError(f"task.n_times={self.n_times} must be >= 2 samples")
+        if self.regression:
+            if self.labels:
+                raise ConfigError(
+                    f"task.labels={self.labels} must be empty for a regression task; drop "
+                    "the labels or set task.regression=false"
+                )
+            if self.n_targets < 1:
+                raise ConfigError(f"task.n_targets={self.n_targets} must be >= 1")
+        elif len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"task.labels={self.labels} must name at least two distinct classes")
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """SpecMoE architecture around the experts (SPEC §5); the experts use ModelConfig."""
+
+    n_experts: int = 3
+    use_psd_gate: bool = True
+    channel_pool: str = "mean"
+    dropout: float = 0.2
+
+    def validate(self) -> None:
+        if self.n_experts < 1:
+            raise ConfigError(f"moe.n_experts={self.n_experts} must be >= 1")
+        if self.channel_pool not in CHANNEL_POOLS:
+            raise ConfigError(
+                f"moe.channel_pool={self.channel_pool!r} must be one of {CHANNEL_POOLS}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"moe.dropout={self.dropout} must lie in [0, 1)")
+
+
+def gate_input(psd: torch.Tensor) -> torch.Tensor:
+    """Log-density the gates read: ``log10(psd + PSD_FLOOR)``, same shape as ``psd``."""
+    return torch.log10(psd + PSD_FLOOR)
+
+
+class SpecMoE(nn.Module):
+    """Spectrally gated mixture of SpecHi-Net encoders with a classification head.
+
+    Parameters
+    ----------
+    experts : sequence of SpecHiNet or SpecHiNetEncoder
+        One to three experts with the same ``feature_dim``; of a full SpecHi-Net only the
+        encoder is kept (the decoder is not needed for decoding).
+    n_chans, n_times : int
+        The static input window (electrodes, samples at ``sfreq``).
+    sfreq : float
+        Sampling rate of the input in Hz.
+    n_outputs : int
+        Classes (logits) or regression targets.
+    spectral : SpectralConfig
+        ``welch_window_s`` sets the Welch segment length (see ``welch_nperseg``).
+    use_psd_gate : bool
+        False: plain concatenation of the expert features (all gates 1).
+    channel_pool : {"mean", "max"}
+        Pooling of the gated features over electrodes.
+    dropout : float
+        Dropout of the head.
+
+    Attributes
+    ----------
+    nperseg : int
+        Welch segment length in samples; the runtime computes the PSD with it.
+    psd_bins : int
+        ``nperseg // 2 + 1``: the last axis of ``psd``.
+    feature_dim : int
+        D, the width of one expert's features.
+    """
+
+    def __init__(
+        self,
+        experts: Sequence[SpecHiNet | SpecHiNetEncoder],
+        n_chans: int,
+        n_times: int,
+        sfreq: float,
+        n_outputs: int,
+        *,
+        spectral: SpectralConfig | None = None,
+        use_psd_gate: bool = True,
+        channel_pool: str = "mean",
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        encoders = [e.encoder if isinstance(e, SpecHiNet) else e for e in experts]
+        if not encoders or not all(isinstance(e, SpecHiNetEncoder) for e in encoders):
+            raise ValueError(
+                f"experts={[type(e).__name__ for e in experts]} must be one or more SpecHiNet "
+                "or SpecHiNetEncoder modules"
+            )
+        dims = sorted({e.feature_dim for e in encoders})
+        if len(dims) != 1:
+            raise ValueError(
+                f"experts have feature_dim {dims}; every expert must have the same size "
+                "(build them from one ModelConfig)"
+            )
+        MoEConfig(len(encoders), use_psd_gate, channel_pool, dropout).validate()
+        for name, value in (("n_chans", n_chans), ("n_times", n_times), ("n_outputs", n_outputs)):
+            if value < 1:
+                raise ValueError(f"{name}={value} must be >= 1")
+        self.n_chans, self.n_times, self.sfreq = int(n_chans), int(n_times), float(sfreq)
+        self.n_outputs = int(n_outputs)
+        self.nperseg = welch_nperseg(self.n_times, self.sfreq, spectral or SpectralConfig())
+        self.psd_bins = self.nperseg // 2 + 1
+        self.feature_dim = dims[0]
+        self.use_psd_gate = use_psd_gate
+        self.channel_pool = channel_pool
+        self.experts = nn.ModuleList(encoders)
+        width = len(encoders) * self.feature_dim
+        self.gates = (
+            nn.ModuleList(nn.Linear(self.psd_bins, self.feature_dim) for _ in encoders)
+            if use_psd_gate
+            else None
+        )
+        self.head = nn.Sequential(
+            nn.LayerNorm(width),
+            nn.Linear(width, width),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(width, self.n_outputs),
+        )
+
+    @property
+    def n_experts(self) -> int:
+        return len(self.experts)
+
+    def expert_parameters(self) -> Iterator[nn.Parameter]:
+        """The experts' parameters (frozen during the first fine-tuning epochs)."""
+        return self.experts.parameters()
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """Gates and head: every parameter that is not an expert's."""
+        expert_ids = {id(p) for p in self.expert_parameters()}
+        return (p for p in self.parameters() if id(p) not in expert_ids)
+
+    def psd(self, x: torch.Tensor) -> torch.Tensor:
+        """Welch PSD of ``x (batch, n_chans, n_times)``: ``(batch, n_chans, psd_bins)``."""
+        return welch_psd(x, self.sfreq, self.nperseg)
+
+    def forward(self, x: torch.Tensor, psd: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (or regression outputs) ``(batch, n_outputs)``.
+
+        Parameters
+        ----------
+        x : Tensor, shape (batch, n_chans, n_times)
+            Preprocessed window in model units.
+        psd : Tensor, shape (batch, n_chans, psd_bins), optional
+            ``welch_psd(x, sfreq, nperseg)`` (units² / Hz); computed from ``x`` when
+            omitted. The runtime passes it so the FFT stays outside compiled engines.
+        """
+        return self.forward_with_gates(x, psd)[0]
+
+    def forward_with_gates(
+        self, x: torch.Tensor, psd: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs and gate activations.
+
+        Returns
+        -------
+        logits : Tensor, shape (batch, n_outputs)
+        gates : Tensor, shape (batch, n_experts, n_chans, feature_dim), in (0, 1)
+            All ones when ``use_psd_gate`` is False. ``gates.mean((2, 3))`` is the
+            per-expert summary that decodes report.
+        """
+        self._check_inputs(x, psd)
+        batch = x.shape[0]
+        if self.gates is None:
+            gates = x.new_ones(batch, self.n_experts, self.n_chans, self.feature_dim)
+        else:
+            log_psd = gate_input(self.psd(x) if psd is None else psd)
+            gates = torch.stack([torch.sigmoid(g(log_psd)) for g in self.gates], dim=1)
+        # (batch, n_chans, D, t) -> mean over time, per electrode -> (batch, n_chans, D)
+        features = torch.stack([e(x).mean(dim=-1) for e in self.experts], dim=1)
+        gated = (features * gates).permute(0, 2, 1, 3).reshape(batch, self.n_chans, -1)
+        pooled = gated.mean(dim=1) if self.channel_pool == "mean" else gated.amax(dim=1)
+        return self.head(pooled), gates
+
+    def _check_inputs(self, x: torch.Tensor, psd: torch.Tensor | None) -> None:
+        if x.ndim != 3 or tuple(x.shape[1:]) != (self.n_chans, self.n_times):
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}; this model takes (batch, n_chans="
+                f"{self.n_chans}, n_times={self.n_times}) windows at {self.sfreq:g} Hz; "
+                "select the checkpoint's electrodes and window length"
+            )
+        if psd is not None and tuple(psd.shape) != (x.shape[0], self.n_chans, self.psd_bins):
+            raise ValueError(
+                f"psd has shape {tuple(psd.shape)}, expected ({x.shape[0]}, {self.n_chans}, "
+                f"{self.psd_bins}); compute it with welch_psd(x, sfreq, model.nperseg)"
+            )
+
+
+def build_specmoe(
+    config: Config,
+    task: TaskConfig,
+    moe: MoEConfig,
+    experts: Sequence[SpecHiNet | SpecHiNetEncoder] | None = None,
+) -> SpecMoE:
+    """SpecMoE for ``task``; fresh experts from ``config.model`` unless ``experts`` given.
+
+    Fresh experts are initialised as in pretraining (``rtmoe.models.registry``); with
+    ``experts`` given, their number must equal ``moe.n_experts``.
+    """
+    from rtmoe.models.registry import init_weights
+
+    task.validate()
+    moe.validate()
+    if experts is None:
+        experts = [
+            init_weights(SpecHiNetEncoder(config.model, config.signal.sfreq))
+            for _ in range(moe.n_experts)
+        ]
+    if len(experts) != moe.n_experts:
+        raise ValueError(
+            f"{len(experts)} experts given but moe.n_experts={moe.n_experts}; pass as many "
+            "expert checkpoints as moe.n_experts"
+        )
+    return SpecMoE(
+        experts,
+        task.n_chans,
+        task.n_times,
+        config.signal.sfreq,
+        task.n_outputs,
+        spectral=config.spectral,
+        use_psd_gate=moe.use_psd_gate,
+        channel_pool=moe.channel_pool,
+        dropout=moe.dropout,
+    )
+
+
+@dataclass(frozen=True)
+class LoadedSpecMoE:
+    """A fine-tuned SpecMoE and everything needed to feed it live.
+
+    Attributes
+    ----------
+    model : SpecMoE
+        In eval mode.
+    config : Config
+        ``signal`` is the preprocessing to apply; ``model`` the experts' size.
+    task : TaskConfig
+        Electrodes, window length and labels.
+    moe : MoEConfig
+    checkpoint : Checkpoint
+        The raw checkpoint (meta holds training provenance and validation metrics).
+    """
+
+    model: SpecMoE
+    config: Config
+    task: TaskConfig
+    moe: MoEConfig
+    checkpoint: Checkpoint
+
+
+def specmoe_meta(task: TaskConfig, moe: MoEConfig) -> dict[str, Any]:
+    """The ``meta.json`` entries :func:`load_specmoe` needs to rebuild the model."""
+    return {"task": to_dict(task), "moe": to_dict(moe)}
+
+
+def load_specmoe(directory: str | Path, device: str | torch.device = "cpu") -> LoadedSpecMoE:
+    """Rebuild a fine-tuned SpecMoE from its checkpoint and load the weights strictly.
+
+    Raises
+    ------
+    CheckpointError
+        The checkpoint is of another kind (e.g. a pretrained expert) or its weights do
+        not fit the model its saved config describes.
+    """
+    ckpt = load_checkpoint(directory)
+    if ckpt.kind != SPECMOE_KIND:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} is a {ckpt.kind!r} checkpoint, not a fine-tuned "
+            f"{SPECMOE_KIND!r} one; pass the folder written by `rtmoe finetune --out`"
+        )
+    task = _section(ckpt.meta, "task", TaskConfig, ckpt.path)
+    moe = _section(ckpt.meta, "moe", MoEConfig, ckpt.path)
+    model = build_specmoe(ckpt.config, task, moe)
+    load_weights(model, ckpt, model_name=ckpt.config.model.name)
+    return LoadedSpecMoE(model.to(device).eval(), ckpt.config, task, moe, ckpt)
+
+
+def _section(meta: Mapping[str, Any], key: str, cls: type, path: Path) -> Any:
+    if key not in meta:
+        raise CheckpointError(
+            f"checkpoint {path}: meta.json has no {key!r} section; it was not written by "
+            "`rtmoe finetune`"
+        )
+    return from_dict(cls, meta[key])
