@@ -146,4 +146,5 @@ def resample(x: np.ndarray, sfreq_in: float, sfreq_out: float) -> np.ndarray:
     if sfreq_in == sfreq_out:
         return x.copy()
     ratio = Fraction(str(float(sfreq_out))) / Fraction(str(float(sfreq_in)))
-    return signal.resample_poly(x, ratio.numerator, ratio.denominator, axis=-1)
+    # Padding with the mean keeps a µV offset from dipping towards zero at the edges.
+    return signal.resample_poly(x, ratio.numerator, ratio.denominator, axis=-1, padtype="mean")
