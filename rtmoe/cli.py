@@ -30,7 +30,9 @@ class UserError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rtmoe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="rtmoe", description="Real-time SpecMoE EEG decoding: offline, calibration, live."
+    )
     parser.add_argument("--version", action="version", version=f"rtmoe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for ep in sorted(entry_points(group="rtmoe.commands"), key=lambda e: e.name):
