@@ -1,0 +1,395 @@
+"""Checkpoints: safetensors weights + TOML config + JSON provenance; nothing is unpickled.
+
+A checkpoint is a directory::
+
+    model.safetensors   the model's state_dict (parameters and buffers)
+    state.safetensors   optional extra tensors (optimizer moments, RNG states, ...)
+    config.toml         the resolved config tree (rtmoe.config.save_config)
+    meta.json           kind, versions, config hash, sha256 of both tensor files, created
+                        time, git commit, and whatever the caller passed as ``meta``
+
+It is written into a hidden sibling directory and renamed into place, so a crash never
+leaves a half-written checkpoint under the target name. A training run keeps several
+checkpoints below one folder and names the newest in a ``LATEST`` file (replaced
+atomically); :func:`load_checkpoint` follows that file, so the run folder itself can be
+passed wherever a checkpoint is expected.
+
+Optimizer and RNG states go through the same two formats: :func:`optimizer_state` splits
+``optimizer.state_dict()`` into tensors (for ``state.safetensors``) and JSON (for
+``meta.json``), and :func:`load_optimizer_state` reverses it bit-exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from rtmoe import __version__
+from rtmoe.config import Config, config_hash, load_config, save_config
+
+#: The kind written by ``rtmoe pretrain``: one SpecHi-Net with its decoder.
+EXPERT_KIND = "spechinet-expert"
+
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "state.safetensors"
+CONFIG_FILE = "config.toml"
+META_FILE = "meta.json"
+#: Name of the pointer file (one line: a sub-directory name) inside a run folder.
+LATEST_FILE = "LATEST"
+
+_OPT_PREFIX = "optimizer.state."
+_RNG_CPU = "rng.torch_cpu"
+_RNG_CUDA = "rng.torch_cuda"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint; every tensor is on the CPU.
+
+    Attributes
+    ----------
+    path : Path
+        The checkpoint directory (after following a ``LATEST`` pointer).
+    config : Config
+        The resolved config tree the model was built and trained with.
+    meta : dict
+        Provenance and caller metadata from ``meta.json``.
+    weights : dict of str to Tensor
+        The model's state_dict.
+    state : dict of str to Tensor
+        Extra tensors (empty when none were saved).
+    """
+
+    path: Path
+    config: Config
+    meta: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    config: Config,
+    *,
+    kind: str,
+    extra_state: Mapping[str, torch.Tensor] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights, ``config`` and provenance to ``directory`` atomically.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Target directory; an existing checkpoint there is replaced.
+    model : torch.nn.Module
+        Its ``state_dict()`` is saved (a DDP wrapper is unwrapped).
+    config : Config
+        The resolved config tree.
+    kind : str
+        What the weights are, e.g. :data:`EXPERT_KIND`; checked by :func:`load_model`.
+    extra_state : mapping of str to Tensor, optional
+        Extra tensors, e.g. from :func:`optimizer_state` and :func:`rng_state`.
+    meta : mapping, optional
+        JSON-serialisable caller metadata (expert index, step, ...). Keys must not clash
+        with the provenance keys written here.
+
+    Returns
+    -------
+    Path
+        The checkpoint directory.
+    """
+    directory = Path(directory)
+    model = getattr(model, "module", model)  # DistributedDataParallel wrapper
+    weights = _cpu_copy(model.state_dict())
+    state = _cpu_copy(extra_state or {})
+    weights_blob = save_safetensors_bytes(weights)
+    state_blob = save_safetensors_bytes(state) if state else None
+    provenance = {
+        "kind": kind,
+        "model_name": config.model.name,
+        "rtmoe_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "config_hash": config_hash(config),
+        "weights_sha256": hashlib.sha256(weights_blob).hexdigest(),
+        "state_sha256": hashlib.sha256(state_blob).hexdigest() if state_blob else None,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+    }
+    clash = sorted(set(provenance) & set(meta or {}))
+    if clash:
+        raise CheckpointError(
+            f"meta keys {clash} clash with provenance keys written by save_checkpoint; rename them"
+        )
+    with _atomic_directory(directory) as tmp:
+        _write_synced(tmp / WEIGHTS_FILE, weights_blob)
+        if state_blob is not None:
+            _write_synced(tmp / STATE_FILE, state_blob)
+        save_config(config, tmp / CONFIG_FILE)
+        text = json.dumps({**provenance, **(meta or {})}, indent=2, sort_keys=True)
+        _write_synced(tmp / META_FILE, text.encode())
+    return directory
+
+
+def load_checkpoint(directory: str | Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`, verifying both sha256 sums.
+
+    ``directory`` may also be a run folder holding a ``LATEST`` pointer.
+    """
+    directory = resolve_checkpoint(directory)
+    meta = json.loads((directory / META_FILE).read_text())
+    config = load_config(directory / CONFIG_FILE)
+    weights = _read_verified(directory / WEIGHTS_FILE, meta.get("weights_sha256"))
+    state_path = directory / STATE_FILE
+    state = _read_verified(state_path, meta.get("state_sha256")) if state_path.exists() else {}
+    return Checkpoint(directory, config, meta, weights, state)
+
+
+def resolve_checkpoint(directory: str | Path) -> Path:
+    """The checkpoint directory itself, or the one a run folder's ``LATEST`` names."""
+    directory = Path(directory)
+    if (directory / META_FILE).exists():
+        return directory
+    pointer = directory / LATEST_FILE
+    if pointer.exists():
+        return resolve_checkpoint(directory / pointer.read_text().strip())
+    raise CheckpointError(
+        f"checkpoint directory {directory} holds neither {META_FILE} nor a {LATEST_FILE} "
+        "pointer; pass the folder written by save_checkpoint or by `rtmoe pretrain --out`"
+    )
+
+
+def write_latest(run_dir: str | Path, name: str) -> None:
+    """Atomically point ``run_dir/LATEST`` at the sub-directory ``name``."""
+    run_dir = Path(run_dir)
+    tmp = run_dir / f".{LATEST_FILE}.tmp-{os.getpid()}"
+    _write_synced(tmp, f"{name}\n".encode())
+    os.replace(tmp, run_dir / LATEST_FILE)
+
+
+def load_model(
+    directory: str | Path,
+    *,
+    kind: str = EXPERT_KIND,
+    model_name: str | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """Build the model from a checkpoint's saved config and load its weights strictly.
+
+    Parameters
+    ----------
+    directory : str or Path
+        A checkpoint (or a run folder with ``LATEST``).
+    kind : str
+        Expected checkpoint kind; another kind is an error naming both.
+    model_name : str, optional
+        Expected size (e.g. ``"small"``); another size is an error naming both.
+    device : str or torch.device
+        Where the returned model lives; it is in eval mode.
+    """
+    from rtmoe.models.registry import build_model
+
+    ckpt = load_checkpoint(directory)
+    if ckpt.kind != kind:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} is a {ckpt.kind!r} checkpoint, not the {kind!r} "
+            f"asked for; pass a {kind!r} checkpoint or kind={ckpt.kind!r}"
+        )
+    if model_name is not None and ckpt.config.model.name != model_name:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} holds model size {ckpt.config.model.name!r}, not "
+            f"{model_name!r}; pass a {model_name!r} checkpoint or model_name="
+            f"{ckpt.config.model.name!r}"
+        )
+    model = build_model(ckpt.config.model, sfreq=ckpt.config.signal.sfreq)
+    load_weights(model, ckpt, model_name=ckpt.config.model.name)
+    return model.to(device).eval()
+
+
+def load_weights(
+    model: torch.nn.Module, checkpoint: Checkpoint, *, model_name: str | None = None
+) -> None:
+    """Copy a checkpoint's weights into ``model`` strictly (same keys, same shapes).
+
+    ``model_name`` names the model's size in the error raised on a mismatch.
+    """
+    model = getattr(model, "module", model)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(checkpoint.weights))
+    unexpected = sorted(set(checkpoint.weights) - set(expected))
+    reshaped = sorted(
+        f"{k} {tuple(checkpoint.weights[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in checkpoint.weights and checkpoint.weights[k].shape != v.shape
+    )
+    if missing or unexpected or reshaped:
+        ours = f"size {model_name!r}" if model_name else type(model).__name__
+        raise CheckpointError(
+            f"checkpoint {checkpoint.path} ({checkpoint.kind!r}, size "
+            f"{checkpoint.config.model.name!r}) does not fit the model ({ours}): "
+            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys "
+            f"{unexpected[:3]}, {len(reshaped)} shape mismatches {reshaped[:3]}; build the "
+            "model with the checkpoint's config (rtmoe.checkpoint.load_model)"
+        )
+    model.load_state_dict(checkpoint.weights, strict=True)
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors and a JSON-serialisable rest.
+
+    Returns
+    -------
+    tensors : dict of str to Tensor
+        ``optimizer.state.<param index>.<name>`` for every tensor in the per-parameter state.
+    spec : dict
+        ``param_groups`` (hyper-parameters, parameter indices) and non-tensor state values.
+    """
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entries in sd["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{_OPT_PREFIX}{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    groups = json.loads(json.dumps(sd["param_groups"]))
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], spec: dict
+) -> None:
+    """Restore what :func:`optimizer_state` split; ``tensors`` may hold other keys too."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith(_OPT_PREFIX):
+            index, name = key[len(_OPT_PREFIX) :].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    for index, entries in spec["scalars"].items():
+        state.setdefault(int(index), {}).update(entries)
+    groups = []
+    for saved, current in zip(spec["param_groups"], optimizer.param_groups, strict=True):
+        # JSON turned tuples (e.g. AdamW betas) into lists; give them back their type.
+        groups.append(
+            {k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in saved.items()}
+        )
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def rng_state(
+    device: str | torch.device | None = None, prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """The torch CPU generator's state and, for a CUDA ``device``, that device's.
+
+    Returns uint8 tensors keyed ``<prefix>rng.torch_cpu`` and ``<prefix>rng.torch_cuda``.
+    """
+    tensors = {f"{prefix}{_RNG_CPU}": torch.get_rng_state()}
+    if device is not None and torch.device(device).type == "cuda":
+        tensors[f"{prefix}{_RNG_CUDA}"] = torch.cuda.get_rng_state(device)
+    return tensors
+
+
+def set_rng_state(
+    tensors: Mapping[str, torch.Tensor],
+    device: str | torch.device | None = None,
+    prefix: str = "",
+) -> None:
+    """Restore the generators saved by :func:`rng_state` with the same arguments."""
+    torch.set_rng_state(tensors[f"{prefix}{_RNG_CPU}"])
+    key = f"{prefix}{_RNG_CUDA}"
+    if device is not None and torch.device(device).type == "cuda" and key in tensors:
+        torch.cuda.set_rng_state(tensors[key], device)
+
+
+def _cpu_copy(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # A copy per tensor: safetensors refuses tensors that share storage.
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+
+
+def _read_verified(path: Path, sha256: str | None) -> dict[str, torch.Tensor]:
+    blob = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
+        raise CheckpointError(
+            f"{path} does not match the sha256 recorded in {META_FILE}; the file is "
+            "corrupt or was replaced; restore it or use another checkpoint"
+        )
+    return load_safetensors_bytes(blob)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a hidden sibling directory that replaces ``target`` when the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = target.parent / f".{target.name}.tmp-{token}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        for child in tmp.iterdir():  # config.toml is written by save_config, unsynced
+            with open(child, "rb") as f:
+                os.fsync(f.fileno())
+        if target.exists():
+            # A directory cannot be renamed over a non-empty one: move the old aside first.
+            aside = target.parent / f".{target.name}.old-{token}"
+            os.rename(target, aside)
+            os.rename(tmp, target)
+            shutil.rmtree(aside)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _git_commit() -> str | None:
+    """The commit of the rtmoe source tree, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

@@ -1,0 +1,185 @@
+"""Checkpoints: bit-exact round trips through safetensors + TOML + JSON, never pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from rtmoe import checkpoint as ck
+from rtmoe.config import Config, config_hash
+from rtmoe.models.registry import build_model, model_config
+
+
+def _tiny_cfg() -> Config:
+    return Config().replace(model=model_config("tiny"), pretrain={"seed": 7})
+
+
+def _trained_tiny(steps: int = 2):
+    """A tiny SpecHi-Net and its AdamW after a few steps (non-trivial moments and BN stats)."""
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    x = torch.randn(2, 3, 240)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(x).recon_short.square().mean().backward()
+        opt.step()
+    return model, opt, x
+
+
+@pytest.fixture(autouse=True)
+def _no_pickle(monkeypatch):
+    """Any torch.load / torch.save during a test is a failure."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle-based torch.load/torch.save must never be used")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(torch, "save", refuse)
+
+
+def test_round_trip_bit_exact(tmp_path):
+    model, opt, x = _trained_tiny()
+    cfg = _tiny_cfg()
+    tensors, spec = ck.optimizer_state(opt)
+    path = ck.save_checkpoint(
+        tmp_path / "c",
+        model,
+        cfg,
+        kind=ck.EXPERT_KIND,
+        extra_state={**tensors, **ck.rng_state()},
+        meta={"expert": 1, "step": 2, "optimizer": spec},
+    )
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        [ck.WEIGHTS_FILE, ck.STATE_FILE, ck.CONFIG_FILE, ck.META_FILE]
+    )
+    loaded = ck.load_checkpoint(path)
+    assert loaded.config == cfg
+    expected = model.state_dict()
+    assert loaded.weights.keys() == expected.keys()
+    for key, value in expected.items():
+        assert loaded.weights[key].dtype == value.dtype
+        assert torch.equal(loaded.weights[key], value), key
+    meta = loaded.meta
+    assert meta["kind"] == ck.EXPERT_KIND and meta["expert"] == 1 and meta["step"] == 2
+    assert meta["config_hash"] == config_hash(cfg)
+    assert meta["torch_version"] == torch.__version__
+    digest = hashlib.sha256((path / ck.WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert meta["weights_sha256"] == digest
+    assert meta["n_parameters"] == sum(p.numel() for p in model.parameters())
+
+    rebuilt = ck.load_model(path, model_name="tiny")
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x).recon_long, model(x).recon_long)
+
+
+def test_optimizer_state_round_trip_continues_identically(tmp_path):
+    model, opt, x = _trained_tiny()
+    tensors, spec = ck.optimizer_state(opt)
+    path = ck.save_checkpoint(
+        tmp_path / "c", model, _tiny_cfg(), kind="t", extra_state=tensors, meta={"opt": spec}
+    )
+    loaded = ck.load_checkpoint(path)
+    twin = build_model("tiny")
+    ck.load_weights(twin, loaded)
+    twin_opt = torch.optim.AdamW(twin.parameters(), lr=5.0)  # hyper-parameters come back
+    ck.load_optimizer_state(twin_opt, loaded.state, loaded.meta["opt"])
+
+    a, b = opt.state_dict(), twin_opt.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    assert isinstance(b["param_groups"][0]["betas"], tuple)
+    for index, entries in a["state"].items():
+        for name, value in entries.items():
+            assert torch.equal(b["state"][index][name], value), (index, name)
+    # One more identical step on both gives identical weights.
+    for m, o in ((model, opt), (twin, twin_opt)):
+        torch.manual_seed(3)
+        o.zero_grad()
+        m(x).recon_short.square().mean().backward()
+        o.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_rng_state_round_trip():
+    state = ck.rng_state(prefix="rank0.")
+    first = torch.rand(5)
+    torch.rand(3)
+    ck.set_rng_state(state, prefix="rank0.")
+    assert torch.equal(torch.rand(5), first)
+
+
+def test_kind_and_size_mismatch_name_both(tmp_path):
+    model, _, _ = _trained_tiny(steps=0)
+    path = ck.save_checkpoint(tmp_path / "c", model, _tiny_cfg(), kind=ck.EXPERT_KIND)
+    with pytest.raises(ck.CheckpointError, match=r"'spechinet-expert'.*'specmoe'"):
+        ck.load_model(path, kind="specmoe")
+    with pytest.raises(ck.CheckpointError, match="size 'tiny', not 'small'"):
+        ck.load_model(path, model_name="small")
+    small = build_model("small")
+    with pytest.raises(ck.CheckpointError, match=r"size 'tiny'\).*size 'small'.*shape mismatch"):
+        ck.load_weights(small, ck.load_checkpoint(path), model_name="small")
+
+
+def test_corrupt_weights_detected(tmp_path):
+    model, _, _ = _trained_tiny(steps=0)
+    path = ck.save_checkpoint(tmp_path / "c", model, _tiny_cfg(), kind="t")
+    blob = bytearray((path / ck.WEIGHTS_FILE).read_bytes())
+    blob[-1] ^= 0xFF
+    (path / ck.WEIGHTS_FILE).write_bytes(bytes(blob))
+    with pytest.raises(ck.CheckpointError, match="sha256"):
+        ck.load_checkpoint(path)
+
+
+def test_failed_save_leaves_old_checkpoint_intact(tmp_path, monkeypatch):
+    model, _, _ = _trained_tiny(steps=0)
+    cfg = _tiny_cfg()
+    target = tmp_path / "c"
+    real_save_config, disk_full = ck.save_config, [True]
+
+    def flaky_save_config(config, path):
+        if disk_full[0]:
+            raise OSError("disk full")
+        real_save_config(config, path)
+
+    monkeypatch.setattr(ck, "save_config", flaky_save_config)
+    # A failure while writing a new checkpoint leaves nothing at all behind.
+    with pytest.raises(OSError, match="disk full"):
+        ck.save_checkpoint(target, model, cfg, kind="t", meta={"v": 1})
+    assert list(tmp_path.iterdir()) == []
+    disk_full[0] = False
+    ck.save_checkpoint(target, model, cfg, kind="t", meta={"v": 1})
+    # A failure while replacing it keeps the old one, readable and unchanged.
+    disk_full[0] = True
+    with pytest.raises(OSError, match="disk full"):
+        ck.save_checkpoint(target, model, cfg, kind="t", meta={"v": 2})
+    assert ck.load_checkpoint(target).meta["v"] == 1
+    disk_full[0] = False
+    ck.save_checkpoint(target, model, cfg, kind="t", meta={"v": 2})
+    assert ck.load_checkpoint(target).meta["v"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]
+
+
+def test_latest_pointer_and_errors(tmp_path):
+    model, _, _ = _trained_tiny(steps=0)
+    run = tmp_path / "run"
+    ck.save_checkpoint(run / "checkpoints" / "a", model, _tiny_cfg(), kind="t", meta={"i": 0})
+    ck.save_checkpoint(run / "checkpoints" / "b", model, _tiny_cfg(), kind="t", meta={"i": 1})
+    ck.write_latest(run, "checkpoints/b")
+    assert ck.load_checkpoint(run).meta["i"] == 1
+    with pytest.raises(ck.CheckpointError, match=r"neither meta\.json nor a LATEST"):
+        ck.load_checkpoint(tmp_path)
+    with pytest.raises(ck.CheckpointError, match="clash"):
+        ck.save_checkpoint(tmp_path / "x", model, _tiny_cfg(), kind="t", meta={"kind": "y"})
+
+
+def test_meta_is_plain_json_and_config_is_toml(tmp_path):
+    model, _, _ = _trained_tiny(steps=0)
+    path = ck.save_checkpoint(tmp_path / "c", model, _tiny_cfg(), kind="t")
+    meta = json.loads((path / ck.META_FILE).read_text())
+    assert {"rtmoe_version", "python_version", "created_utc", "git_commit"} <= meta.keys()
+    assert 'name = "tiny"' in (path / ck.CONFIG_FILE).read_text()
