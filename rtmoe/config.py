@@ -197,6 +197,72 @@ class PretrainConfig:
             )
 
 
+#: How SpecMoE pools electrodes before its head.
+CHANNEL_POOLS: tuple[str, ...] = ("mean", "max")
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """SpecMoE architecture around the experts (SPEC §5); the experts use ModelConfig."""
+
+    n_experts: int = 3
+    use_psd_gate: bool = True
+    channel_pool: str = "mean"
+    dropout: float = 0.2
+
+    def validate(self) -> None:
+        if self.n_experts < 1:
+            raise ConfigError(f"moe.n_experts={self.n_experts} must be >= 1")
+        if self.channel_pool not in CHANNEL_POOLS:
+            raise ConfigError(
+                f"moe.channel_pool={self.channel_pool!r} must be one of {CHANNEL_POOLS}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"moe.dropout={self.dropout} must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Optimisation of SpecMoE on a labelled task (SPEC §5).
+
+    ``freeze_epochs``: experts are frozen (weights, BatchNorm statistics and dropout)
+    for that many epochs, then trained with the head. The learning rate is halved when
+    the validation loss has not improved for ``plateau_patience`` epochs.
+    ``early_stop_patience`` stops after that many epochs without a better validation
+    score; ``max_minutes`` stops after the epoch that exceeds the time budget.
+    """
+
+    lr: float = 1e-3
+    epochs: int = 100
+    batch_size: int = 64
+    plateau_factor: float = 0.5
+    plateau_patience: int = 10
+    freeze_epochs: int = 10
+    val_fraction: float = 0.2
+    class_weighted: bool = True
+    early_stop_patience: int | None = None
+    max_minutes: float | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("lr", "epochs", "batch_size", "plateau_patience"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"finetune.{name}={getattr(self, name)} must be > 0")
+        if not 0 < self.plateau_factor < 1:
+            raise ConfigError(f"finetune.plateau_factor={self.plateau_factor} must lie in (0, 1)")
+        if self.freeze_epochs < 0:
+            raise ConfigError(f"finetune.freeze_epochs={self.freeze_epochs} must be >= 0")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(
+                f"finetune.val_fraction={self.val_fraction} must lie in (0, 1): the "
+                "checkpoint is chosen on the validation split"
+            )
+        for name in ("early_stop_patience", "max_minutes"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"finetune.{name}={value} must be > 0 or none")
+
+
 @dataclass(frozen=True)
 class Config:
     """The root of the tree. Sections are added here, never as free-standing settings."""
@@ -207,6 +273,8 @@ class Config:
     mask: MaskConfig = field(default_factory=MaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self) -> Config:
         for section in dataclasses.fields(self):

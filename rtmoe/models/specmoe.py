@@ -2,10 +2,11 @@
 
 For a window ``x (batch, n_chans, n_times)`` in model units::
 
-    h_k = mean_t expert_k.encoder(x)               (batch, n_chans, D)   per electrode
-    g_k = sigmoid(W_k · log10(PSD(x) + floor) + b_k)  (batch, n_chans, D)   per electrode
-    H   = concat_k(h_k ⊙ g_k)                       (batch, n_chans, K·D)
-    logits = head(pool_c H)                         (batch, n_outputs)
+    h_k = mean_t expert_k.encoder(x)           (batch, n_chans, D)     per electrode
+    z   = norm(log10(PSD(x) + floor))          (batch, n_chans, bins)  per electrode
+    g_k = sigmoid(W_k · z + b_k)               (batch, n_chans, D)     per electrode
+    H   = concat_k(h_k ⊙ g_k)                  (batch, n_chans, K·D)
+    logits = head(pool_c H)                    (batch, n_outputs)
 
 Every expert always runs; the gates neither compete (no softmax) nor select (no top-k).
 The electrode axis stays explicit until the channel pooling, so feature ``d`` of
@@ -21,12 +22,20 @@ where ``PSD_FLOOR = 1e-10`` units²/Hz (1e-6 µV²/Hz at 100 µV per unit, far b
 amplifier's noise floor) only keeps flat or zeroed channels finite. The log is taken
 inside the model, so callers pass the density exactly as ``welch_psd`` returns it.
 
+``norm`` standardises each frequency bin of the log-PSD with its statistics over
+training windows and electrodes (``BatchNorm1d`` without affine parameters, one shared
+by the gates). In eval mode it is a fixed affine map, so ``W_k · z + b_k`` is still the
+linear gate ``W'_k · log-PSD + b'_k`` of SPEC §5, only better conditioned: raw log
+powers sit around -2 to -10 in every bin, which saturates a freshly initialised
+sigmoid and makes the bins' inputs nearly collinear.
+
 Ablations: ``use_psd_gate=False`` is plain concatenation (every gate is 1); one to three
 experts give the "one expert" ablation; experts built fresh give "no pretraining".
 
-``TaskConfig`` and ``MoEConfig`` are defined here until they join the config tree in
-``rtmoe.config``; meanwhile a checkpoint stores them in ``meta.json`` (keys ``task``,
-``moe``) beside ``config.toml``, which holds the signal, spectral and expert settings.
+The architecture settings are ``rtmoe.config.MoEConfig`` (saved in ``config.toml`` with
+the signal, spectral and expert settings). ``TaskConfig`` is not a setting but the
+description of what a fine-tuned model decodes (electrodes, window, labels); a
+checkpoint stores it in ``meta.json`` under ``task``.
 """
 
 from __future__ import annotations
@@ -40,7 +49,14 @@ import torch
 from torch import nn
 
 from rtmoe.checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_weights
-from rtmoe.config import Config, ConfigError, SpectralConfig, from_dict, to_dict
+from rtmoe.config import (
+    Config,
+    ConfigError,
+    MoEConfig,
+    SpectralConfig,
+    from_dict,
+    to_dict,
+)
 from rtmoe.dsp.spectral import welch_nperseg, welch_psd
 from rtmoe.models.spechinet import SpecHiNet, SpecHiNetEncoder
 
@@ -48,7 +64,6 @@ from rtmoe.models.spechinet import SpecHiNet, SpecHiNetEncoder
 SPECMOE_KIND = "specmoe"
 #: Added to the PSD (model units² / Hz) before the log, so zero power stays finite.
 PSD_FLOOR = 1e-10
-CHANNEL_POOLS: tuple[str, ...] = ("mean", "max")
 
 
 @dataclass(frozen=True)
@@ -103,26 +118,6 @@ class TaskConfig:
                 raise ConfigError(f"task.n_targets={self.n_targets} must be >= 1")
         elif len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"task.labels={self.labels} must name at least two distinct classes")
-
-
-@dataclass(frozen=True)
-class MoEConfig:
-    """SpecMoE architecture around the experts (SPEC §5); the experts use ModelConfig."""
-
-    n_experts: int = 3
-    use_psd_gate: bool = True
-    channel_pool: str = "mean"
-    dropout: float = 0.2
-
-    def validate(self) -> None:
-        if self.n_experts < 1:
-            raise ConfigError(f"moe.n_experts={self.n_experts} must be >= 1")
-        if self.channel_pool not in CHANNEL_POOLS:
-            raise ConfigError(
-                f"moe.channel_pool={self.channel_pool!r} must be one of {CHANNEL_POOLS}"
-            )
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"moe.dropout={self.dropout} must lie in [0, 1)")
 
 
 def gate_input(psd: torch.Tensor) -> torch.Tensor:
@@ -202,11 +197,11 @@ class SpecMoE(nn.Module):
         self.channel_pool = channel_pool
         self.experts = nn.ModuleList(encoders)
         width = len(encoders) * self.feature_dim
-        self.gates = (
-            nn.ModuleList(nn.Linear(self.psd_bins, self.feature_dim) for _ in encoders)
-            if use_psd_gate
-            else None
-        )
+        if use_psd_gate:
+            self.gate_norm = nn.BatchNorm1d(self.psd_bins, affine=False)
+            self.gates = nn.ModuleList(nn.Linear(self.psd_bins, self.feature_dim) for _ in encoders)
+        else:
+            self.gate_norm, self.gates = None, None
         self.head = nn.Sequential(
             nn.LayerNorm(width),
             nn.Linear(width, width),
@@ -263,7 +258,8 @@ class SpecMoE(nn.Module):
             gates = x.new_ones(batch, self.n_experts, self.n_chans, self.feature_dim)
         else:
             log_psd = gate_input(self.psd(x) if psd is None else psd)
-            gates = torch.stack([torch.sigmoid(g(log_psd)) for g in self.gates], dim=1)
+            z = self.gate_norm(log_psd.reshape(-1, self.psd_bins)).reshape(log_psd.shape)
+            gates = torch.stack([torch.sigmoid(g(z)) for g in self.gates], dim=1)
         # (batch, n_chans, D, t) -> mean over time, per electrode -> (batch, n_chans, D)
         features = torch.stack([e(x).mean(dim=-1) for e in self.experts], dim=1)
         gated = (features * gates).permute(0, 2, 1, 3).reshape(batch, self.n_chans, -1)
@@ -346,9 +342,9 @@ class LoadedSpecMoE:
     checkpoint: Checkpoint
 
 
-def specmoe_meta(task: TaskConfig, moe: MoEConfig) -> dict[str, Any]:
-    """The ``meta.json`` entries :func:`load_specmoe` needs to rebuild the model."""
-    return {"task": to_dict(task), "moe": to_dict(moe)}
+def specmoe_meta(task: TaskConfig) -> dict[str, Any]:
+    """The ``meta.json`` entry :func:`load_specmoe` needs beside the saved config."""
+    return {"task": to_dict(task)}
 
 
 def load_specmoe(directory: str | Path, device: str | torch.device = "cpu") -> LoadedSpecMoE:
@@ -367,7 +363,7 @@ def load_specmoe(directory: str | Path, device: str | torch.device = "cpu") -> L
             f"{SPECMOE_KIND!r} one; pass the folder written by `rtmoe finetune --out`"
         )
     task = _section(ckpt.meta, "task", TaskConfig, ckpt.path)
-    moe = _section(ckpt.meta, "moe", MoEConfig, ckpt.path)
+    moe = ckpt.config.moe
     model = build_specmoe(ckpt.config, task, moe)
     load_weights(model, ckpt, model_name=ckpt.config.model.name)
     return LoadedSpecMoE(model.to(device).eval(), ckpt.config, task, moe, ckpt)

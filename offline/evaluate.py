@@ -1,0 +1,253 @@
+"""Evaluating a fine-tuned SpecMoE checkpoint and the ``rtmoe evaluate`` command.
+
+The checkpoint alone defines the preprocessing (its ``signal`` config), the electrodes,
+the window length and the label map; trials in µV at any rate are brought to that form,
+and trials the model cannot take (missing electrodes, another window length, unknown
+labels) are refused with an error naming the fix. Besides the metrics it draws the
+confusion matrix and the mean gate activation of every expert for every true class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from offline.finetune import add_data_arguments, load_trials, predict, prepare_trials
+from offline.metrics import classification_metrics, confusion_matrix, regression_metrics
+from rtmoe.cli import Command
+from rtmoe.models.specmoe import LoadedSpecMoE, TaskConfig, load_specmoe
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate` returns.
+
+    Attributes
+    ----------
+    metrics : dict of str to float
+        Classification: balanced accuracy, kappa, weighted F1, AUROC, AUPRC, accuracy;
+        regression: Pearson r, R², RMSE.
+    labels : tuple of str
+        The checkpoint's label map (empty for regression).
+    y_true : ndarray, shape (n_trials,) int class indices, or (n_trials, n_targets)
+    outputs : ndarray, shape (n_trials, n_outputs)
+        Class probabilities, or regression predictions.
+    gates : ndarray, shape (n_trials, n_experts)
+        Gate activation of each expert averaged over electrodes and features.
+    confusion : ndarray, shape (n_classes, n_classes) or None
+        Rows true, columns predicted.
+    gates_per_class : ndarray, shape (n_classes, n_experts) or None
+        Mean of ``gates`` over the trials of each true class (nan for an absent class).
+    """
+
+    metrics: dict[str, float]
+    labels: tuple[str, ...]
+    y_true: np.ndarray
+    outputs: np.ndarray
+    gates: np.ndarray
+    confusion: np.ndarray | None
+    gates_per_class: np.ndarray | None
+
+
+def select_channels(X: np.ndarray, ch_names: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
+    """Rows of ``X (n_trials, n_chans, n_times)`` for ``wanted``, matched case-insensitively.
+
+    Raises
+    ------
+    ValueError
+        Electrodes the checkpoint needs are missing from ``ch_names``.
+    """
+    index = {name.upper(): i for i, name in enumerate(ch_names)}
+    missing = [name for name in wanted if name.upper() not in index]
+    if missing:
+        raise ValueError(
+            f"the data lack electrodes {missing} that the checkpoint was trained on "
+            f"({list(wanted)}); the data have {list(ch_names)}; record these electrodes "
+            "or fine-tune a model for this montage"
+        )
+    return np.asarray(X)[:, [index[name.upper()] for name in wanted]]
+
+
+def _targets(y: np.ndarray, task: TaskConfig) -> np.ndarray:
+    if task.regression:
+        return np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    y = np.asarray(y).astype(str)
+    unknown = sorted(set(y.tolist()) - set(task.labels))
+    if unknown:
+        raise ValueError(
+            f"the data hold labels {unknown} that the checkpoint does not know (its labels: "
+            f"{list(task.labels)}); evaluate on data of the task it was fine-tuned for"
+        )
+    index = {label: i for i, label in enumerate(task.labels)}
+    return np.array([index[v] for v in y], dtype=np.int64)
+
+
+def evaluate(
+    model: str | Path | LoadedSpecMoE,
+    X: np.ndarray,
+    y: np.ndarray,
+    sfreq: float,
+    ch_names: Sequence[str],
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> Evaluation:
+    """Metrics, confusion matrix and gate summaries of a checkpoint on labelled trials.
+
+    Parameters
+    ----------
+    model : path or LoadedSpecMoE
+        A ``specmoe`` checkpoint (or one already loaded).
+    X : ndarray, shape (n_trials, n_chans, n_times), µV
+    y : ndarray, shape (n_trials,)
+        Class labels (or regression targets).
+    sfreq : float
+        Rate of ``X`` in Hz.
+    ch_names : sequence of str, length n_chans
+        Must include the checkpoint's electrodes (other channels are ignored).
+    """
+    loaded = model if isinstance(model, LoadedSpecMoE) else load_specmoe(model, device)
+    task = loaded.task
+    if len(y) != len(X):
+        raise ValueError(f"{len(y)} labels for {len(X)} trials; give one label per trial")
+    targets = _targets(y, task)
+    Xp = prepare_trials(select_channels(X, ch_names, task.ch_names), sfreq, loaded.config.signal)
+    if Xp.shape[-1] != task.n_times:
+        sfreq_model = loaded.config.signal.sfreq
+        raise ValueError(
+            f"trials of {np.asarray(X).shape[-1]} samples at {sfreq:g} Hz give "
+            f"{Xp.shape[-1]} samples at {sfreq_model:g} Hz, but the checkpoint takes windows "
+            f"of n_times={task.n_times} ({task.n_times / sfreq_model:g} s); cut the trials "
+            "to that length"
+        )
+    param = next(loaded.model.parameters())
+    x = torch.from_numpy(Xp).to(param.device)
+    outputs, gates = predict(loaded.model, x, batch_size=batch_size)
+    gates_np = gates.numpy()
+    if task.regression:
+        return Evaluation(
+            regression_metrics(targets, outputs.numpy()),
+            (),
+            targets,
+            outputs.numpy(),
+            gates_np,
+            None,
+            None,
+        )
+    proba = outputs.softmax(dim=1).numpy()
+    n_classes = len(task.labels)
+    with np.errstate(invalid="ignore"):
+        per_class = np.stack(
+            [
+                gates_np[targets == k].mean(axis=0)
+                if (targets == k).any()
+                else np.full(gates_np.shape[1], np.nan)
+                for k in range(n_classes)
+            ]
+        )
+    return Evaluation(
+        classification_metrics(targets, proba),
+        task.labels,
+        targets,
+        proba,
+        gates_np,
+        confusion_matrix(targets, proba.argmax(axis=1), n_classes),
+        per_class,
+    )
+
+
+def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: str | Path, title: str) -> None:
+    """Confusion matrix PNG: counts and row-normalised colour (recall per true class)."""
+    from matplotlib.figure import Figure
+
+    recall = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig = Figure(figsize=(1.2 * len(labels) + 2.5, 1.0 * len(labels) + 2.0))
+    ax = fig.add_subplot()
+    image = ax.imshow(recall, vmin=0, vmax=1, cmap="Blues")
+    for (i, j), count in np.ndenumerate(cm):
+        colour = "white" if recall[i, j] > 0.5 else "black"
+        ax.text(j, i, f"{count}\n{recall[i, j]:.0%}", ha="center", va="center", color=colour)
+    ax.set(
+        xticks=range(len(labels)),
+        yticks=range(len(labels)),
+        xticklabels=labels,
+        yticklabels=labels,
+        xlabel="predicted",
+        ylabel="true",
+        title=title,
+    )
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_gates(
+    gates_per_class: np.ndarray, labels: Sequence[str], path: str | Path, title: str
+) -> None:
+    """Grouped bars: mean gate activation of each expert (x) for each true class (colour)."""
+    from matplotlib.figure import Figure
+
+    n_classes, n_experts = gates_per_class.shape
+    width = 0.8 / n_classes
+    fig = Figure(figsize=(2 + 1.5 * n_experts, 3.5))
+    ax = fig.add_subplot()
+    for k in range(n_classes):
+        ax.bar(
+            np.arange(n_experts) + (k - (n_classes - 1) / 2) * width,
+            gates_per_class[k],
+            width,
+            label=labels[k],
+        )
+    ax.set(
+        xticks=range(n_experts),
+        xticklabels=[f"expert {i + 1}" for i in range(n_experts)],
+        ylabel="mean gate activation",
+        ylim=(0, 1),
+        title=title,
+    )
+    ax.legend(title="true class", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="specmoe checkpoint")
+    add_data_arguments(parser, "test")
+    parser.add_argument(
+        "--out", type=Path, help="folder for metrics.json and the PNGs (default: beside --model)"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _run(args: argparse.Namespace) -> int:
+    trials, _ = load_trials(args.dataset, args.data, args.split)
+    result = evaluate(
+        args.model, trials.X, trials.y, trials.sfreq, trials.ch_names, device=args.device
+    )
+    tag = f"{trials.name}-{args.split}" if args.dataset else trials.name
+    out = args.out or args.model.parent / f"{args.model.name}-eval-{tag}"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{args.model} on {tag} ({len(trials.X)} trials)")
+    for name, value in result.metrics.items():
+        print(f"  {name:18s} {value:.4f}")
+    (out / "metrics.json").write_text(
+        json.dumps({"model": str(args.model), "data": tag, **result.metrics}, indent=2)
+    )
+    if result.confusion is not None:
+        plot_confusion(result.confusion, result.labels, out / "confusion.png", tag)
+        plot_gates(result.gates_per_class, result.labels, out / "gates.png", tag)
+    print(f"  wrote {out}")
+    return 0
+
+
+command = Command(
+    help="evaluate a fine-tuned SpecMoE checkpoint: metrics, confusion matrix, gate plot",
+    add_arguments=_add_arguments,
+    run=_run,
+)
