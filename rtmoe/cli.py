@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 from rtmoe import __version__
+from rtmoe.engine.base import EngineError
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args._run(args)
-    except (UserError, ValueError, FileNotFoundError) as err:
+    except (UserError, ValueError, FileNotFoundError, EngineError) as err:
         # ValueError covers ConfigError and the data pipeline's input errors, whose
-        # messages already name the problem and the fix.
+        # messages already name the problem and the fix; EngineError a missing extra or a
+        # failed parity check.
         print(f"rtmoe {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
