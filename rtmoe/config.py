@@ -264,6 +264,49 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """The live loop (``rtmoe stream``): hop, watchdog, continuity, publisher, engine.
+
+    ``max_gap_ms``: a timestamp gap (or a stall) longer than this restarts the signal's
+    continuity: filter and resampler states start afresh from the first new sample and
+    decoding resumes once a whole window of new samples has arrived, so no window ever
+    spans the hole. Shorter gaps are counted and bridged. ``fill``: ``"zeros"`` feeds
+    model channels the stream lacks as flat zeros (in model units) instead of an error.
+    """
+
+    hop_ms: float = 100.0
+    stall_timeout_ms: float = 500.0
+    max_gap_ms: float = 100.0
+    status_period_s: float = 1.0
+    poll_ms: float = 2.0  # sleep between pulls when no window is due
+    fill: str = "error"
+    device: str = "auto"  # "auto": CUDA when present, else CPU
+    engine: str = "auto"
+    zmq_address: str = "tcp://127.0.0.1:5556"
+    allow_remote: bool = False
+    single_frame: bool = False
+    max_buflen_s: int = 1  # LSL inlet queue; older samples are dropped (seen as a gap)
+    resolve_timeout_s: float = 2.0
+    timing_records: int = 36000  # per-hop timings kept (1 h at 10 Hz), newest win
+
+    def validate(self) -> None:
+        _positive(self, "hop_ms", "stall_timeout_ms", "max_gap_ms", "status_period_s")
+        _positive(self, "poll_ms", "max_buflen_s", "resolve_timeout_s", "timing_records")
+        if self.fill not in ("error", "zeros"):
+            raise ConfigError(
+                f"runtime.fill={self.fill!r} must be 'error' or 'zeros' (flat channels for "
+                "missing electrodes)"
+            )
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError(
+                f"runtime.device={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
+            )
+        engines = ("auto", "torch", "compile", "onnx", "tensorrt")
+        if self.engine not in engines:
+            raise ConfigError(f"runtime.engine={self.engine!r} must be one of {engines}")
+
+
+@dataclass(frozen=True)
 class Config:
     """The root of the tree. Sections are added here, never as free-standing settings."""
 
@@ -275,6 +318,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def validate(self) -> Config:
         for section in dataclasses.fields(self):

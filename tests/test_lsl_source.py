@@ -161,7 +161,7 @@ def test_stall_then_recovery_with_same_source_id(stream_ids):
             assert source.pull()[1].size == 0
             time.sleep(0.01)
         assert source.status is SourceStatus.STALLED
-        assert 0.15 < time.monotonic() - killed < 1.0
+        assert 0.15 < time.monotonic() - killed < 3.0
 
         outlet = _outlet(name, type_, source_id)  # ...and comes back
         restarted, sent, received = time.monotonic(), 1000, []

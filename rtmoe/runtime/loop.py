@@ -1,0 +1,488 @@
+"""The real-time loop: LSL source → preprocessing → device ring → Welch PSD → engine → ZMQ.
+
+One thread does everything, in this order, every cycle:
+
+1. ``source.pull()`` drains the inlet (never blocks).
+2. `StreamPreprocessor` maps channels, repairs non-finite samples, resamples to the
+   model's rate, filters and scales; each output sample carries the LSL timestamp of the
+   newest input sample it reads, kept in a timestamp ring aligned with the sample ring.
+3. The samples go to the `RingBuffer` on the compute device.
+4. When a new window end on the hop grid (absolute sample index a multiple of the hop)
+   has arrived, the newest such window is decoded: `SlidingWelch` PSD, engine,
+   `DecodeMessage` published. Older due windows are skipped and counted, never queued,
+   so latency cannot grow without bound (overload policy).
+5. Once per ``status_period_s`` a `StatusMessage` (and the console line) is emitted.
+
+Nothing is logged per hop; per-hop numbers go to preallocated arrays (`Runtime.timings`,
+`Runtime.latencies_ms`). On the device nothing is allocated after warm-up (ring, frame
+ring, PSD, model input and engine outputs are preallocated). On the host, the pure DSP
+functions (resampler, ``scipy.signal.sosfilt``) return fresh arrays the size of the
+chunk (tens of samples), and each decode builds its small message object and JSON.
+
+Continuity (see `RuntimeConfig.max_gap_ms`): a timestamp step longer than ``max_gap_ms``
+(missing samples, a restarted outlet after a stall) or backwards starts a new segment:
+preprocessing states restart from the next sample and no window may start before it,
+so decoding resumes after one window of new samples. A stall whose samples arrive late
+but without a hole in their timestamps keeps continuity. The runtime itself never
+restarts: the LSL inlet reconnects to an outlet with the same source_id on its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from rtmoe.config import RuntimeConfig
+from rtmoe.dsp.spectral import welch_nperseg, welch_psd
+from rtmoe.engine import build_engine
+from rtmoe.models.pretrained import load_pretrained
+from rtmoe.models.specmoe import LoadedSpecMoE
+from rtmoe.runtime.channels import map_channels
+from rtmoe.runtime.preprocess import StreamPreprocessor
+from rtmoe.stream.lsl import LslSource, SourceStatus
+from rtmoe.stream.ring import RingBuffer
+from rtmoe.stream.sliding import SlidingWelch
+from rtmoe.transport import DecodeMessage, Heartbeat, RuntimeState, StatusMessage, ZmqPublisher
+
+if TYPE_CHECKING:
+    import pylsl
+
+#: Columns of `Runtime.timings`, milliseconds per decode (pull/preprocess/ring summed over
+#: the cycles since the previous decode).
+STAGES: tuple[str, ...] = ("pull", "preprocess", "ring", "psd", "engine", "publish")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did; printed by ``rtmoe stream`` at shutdown.
+
+    Attributes
+    ----------
+    decodes, skipped_windows, publish_drops : int
+    samples_received, dropped_samples, gaps, stalls, resets, nonfinite_values : int
+        From the source (LSL timestamps) and the preprocessing.
+    latency_ms_p50, latency_ms_p99 : float
+        Over the decodes kept in `Runtime.latencies_ms` (NaN without decodes).
+    duration_s : float
+    """
+
+    decodes: int
+    skipped_windows: int
+    publish_drops: int
+    samples_received: int
+    dropped_samples: int
+    gaps: int
+    stalls: int
+    resets: int
+    nonfinite_values: int
+    latency_ms_p50: float
+    latency_ms_p99: float
+    duration_s: float
+
+    def describe(self) -> str:
+        return (
+            f"{self.decodes} decodes in {self.duration_s:.1f} s, latency p50 "
+            f"{self.latency_ms_p50:.1f} ms p99 {self.latency_ms_p99:.1f} ms; skipped "
+            f"windows {self.skipped_windows}, publish drops {self.publish_drops}; source: "
+            f"{self.samples_received} samples, {self.gaps} gaps ({self.dropped_samples} "
+            f"samples missing), {self.stalls} stalls, {self.resets} continuity resets, "
+            f"{self.nonfinite_values} non-finite values repaired"
+        )
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when present, else CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA GPU is visible; use --device cpu")
+    return resolved
+
+
+def load_model(model: str | Path | LoadedSpecMoE, device: torch.device) -> LoadedSpecMoE:
+    """A fine-tuned SpecMoE from a shipped name, a checkpoint folder, or as given."""
+    if isinstance(model, LoadedSpecMoE):
+        return LoadedSpecMoE(
+            model.model.to(device).eval(), model.config, model.task, model.moe, model.checkpoint
+        )
+    try:
+        return load_pretrained(model, device)
+    except KeyError as err:  # an unknown name: a user error, named in the message
+        raise ValueError(err.args[0]) from None
+
+
+class Runtime:
+    """The live decoder: owns the source, the preprocessing, the ring and the engine.
+
+    Parameters
+    ----------
+    model : str, Path or LoadedSpecMoE
+        Checkpoint folder, shipped model name (e.g. ``"default"``) or a loaded model.
+    stream : mapping, pylsl.StreamInfo or LslSource
+        Keyword arguments of `rtmoe.stream.lsl.resolve_stream` (``name``, ``type``,
+        ``source_id``), a resolved stream, or an open source.
+    cfg : RuntimeConfig
+        Hop, watchdog, continuity, channel fill, device, engine and publisher settings.
+    publisher : ZmqPublisher, optional
+        Default: one bound to ``cfg.zmq_address`` (closed by the runtime at the end).
+    subject_id : str, optional
+        Reported in every message.
+    cache_dir : path, optional
+        Engine cache (default `rtmoe.engine.default_cache_dir`).
+
+    Attributes
+    ----------
+    loaded : LoadedSpecMoE
+    source : LslSource
+    engine : rtmoe.engine.Engine
+    publisher : ZmqPublisher
+    device : torch.device
+    hop : int
+        Samples between decodes at the model's rate.
+    model_id : str
+        Task name and the first 12 hex digits of the weights' sha256.
+    filled_channels : list of str
+        Model channels fed with zeros (``fill="zeros"``).
+    decodes, skipped_windows : int
+    state : RuntimeState
+    last_decode : DecodeMessage or None
+    """
+
+    def __init__(
+        self,
+        model: str | Path | LoadedSpecMoE,
+        stream: Mapping[str, Any] | pylsl.StreamInfo | LslSource,
+        cfg: RuntimeConfig | None = None,
+        *,
+        publisher: ZmqPublisher | None = None,
+        subject_id: str | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        cfg = cfg or RuntimeConfig()
+        cfg.validate()
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.loaded = load_model(model, self.device)
+        task, sig = self.loaded.task, self.loaded.config.signal
+        if task.regression:
+            raise ValueError(
+                f"model task {task.name!r} is a regression task; the live decoder publishes "
+                "class probabilities, so give it a classification checkpoint"
+            )
+        self.sfreq = sig.sfreq
+        self.n_times = task.n_times
+        self.hop = max(1, round(cfg.hop_ms * 1e-3 * self.sfreq))
+        sha = str(self.loaded.checkpoint.meta.get("weights_sha256", ""))[:12]
+        self.model_id = f"{task.name}-{sha}" if sha else task.name
+        self.subject_id = subject_id
+
+        if isinstance(stream, LslSource):
+            self.source = stream
+        else:
+            if isinstance(stream, Mapping):
+                stream = {"timeout_s": cfg.resolve_timeout_s, **stream}
+            self.source = LslSource(
+                stream, max_buflen_s=cfg.max_buflen_s, stall_timeout_ms=cfg.stall_timeout_ms
+            )
+        index = map_channels(self.source.channel_names, task.ch_names, cfg.fill)
+        self.filled_channels = [name for name, i in zip(task.ch_names, index, strict=True) if i < 0]
+        self.preprocessor = StreamPreprocessor(index, self.source.sfreq, sig)
+
+        n_chans = task.n_chans
+        self.capacity = self.n_times + 2 * self.hop
+        self.ring = RingBuffer(n_chans, self.capacity, self.device)
+        self._stamps = np.zeros(self.capacity)
+        nperseg = welch_nperseg(self.n_times, self.sfreq, self.loaded.config.spectral)
+        self.welch = SlidingWelch(n_chans, self.n_times, self.hop, self.sfreq, nperseg, self.device)
+        self._x = torch.zeros((1, n_chans, self.n_times), device=self.device)
+        gen = torch.Generator().manual_seed(0)
+        example = 0.2 * torch.randn((1, n_chans, self.n_times), generator=gen).to(self.device)
+        self.engine = build_engine(
+            self.loaded.model,
+            (example, welch_psd(example, self.sfreq, nperseg).contiguous()),
+            cfg.engine,
+            cache_dir,
+        )
+        self.labels = list(task.labels)
+        self.gate_names = [f"expert_{k}" for k in range(self.engine.n_experts)]
+
+        self._owns_publisher = publisher is None
+        self.publisher = publisher or ZmqPublisher(
+            cfg.zmq_address, allow_remote=cfg.allow_remote, single_frame=cfg.single_frame
+        )
+        from pylsl import local_clock
+
+        self._clock = local_clock  # LSL time: the one time base of every message
+        self._heartbeat = Heartbeat(cfg.status_period_s)
+        self._stop = threading.Event()
+        self._max_gap_s = cfg.max_gap_ms * 1e-3
+        self._poll_s = cfg.poll_ms * 1e-3
+        n_records = cfg.timing_records
+        self._timings = np.zeros((n_records, len(STAGES)))
+        self._latencies = np.zeros(n_records)
+        self._pending = np.zeros(3)  # pull, preprocess, ring since the last decode
+        self.decodes = self.skipped_windows = self.status_seq = 0
+        self.state = RuntimeState.WAITING
+        self.last_decode: DecodeMessage | None = None
+        self._segment_start = 0
+        self._last_end = 0
+        self._last_stamp = math.nan
+        self._beat_latency = [0.0, 0.0, 0]  # sum, max, count since the last status
+        self._started_s = math.nan
+
+    # -- public API ----------------------------------------------------------------------
+
+    def run(self, duration_s: float | None = None, console: bool = False) -> RunSummary:
+        """Decode until `stop`, Ctrl-C/SIGTERM or ``duration_s`` seconds; then clean up.
+
+        Returns the run's summary; the source and an owned publisher are closed (a last
+        ``STOPPING`` status is published first).
+        """
+        restore = self._install_signal_handlers()
+        clock = self._clock
+        self._started_s = start = clock()
+        try:
+            while not self._stop.is_set():
+                now = clock()
+                if duration_s is not None and now - start >= duration_s:
+                    break
+                decoded = self.step()
+                if self._heartbeat.due(now):
+                    self._publish_status(now)
+                    if console:
+                        self._print_console()
+                if not decoded:
+                    time.sleep(self._poll_s)
+        finally:
+            restore()
+            summary = self.summary()
+            self.state = RuntimeState.STOPPING
+            self._publish_status(clock())
+            if console:
+                print(file=sys.stderr)
+            self.close()
+        return summary
+
+    def stop(self) -> None:
+        """Ask `run` to finish after the current cycle (thread- and signal-safe)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Close the source and, if the runtime created it, the publisher."""
+        self.source.close()
+        if self._owns_publisher:
+            self.publisher.close()
+
+    def step(self) -> bool:
+        """One cycle: pull, preprocess, push, and decode if a window is due.
+
+        Returns whether a window was decoded.
+        """
+        t0 = time.perf_counter()
+        data, stamps = self.source.pull()
+        self._pending[0] += (time.perf_counter() - t0) * 1e3
+        if stamps.size:
+            self._ingest(data, stamps)
+        self._update_state()
+        end = self.ring.n_pushed - self.ring.n_pushed % self.hop
+        first_end = self._first_valid_end()
+        if end <= self._last_end or end < first_end:
+            return False
+        if self.decodes:  # the start-up backlog (liblsl's first clock sync) is no overload
+            oldest_due = max(first_end, self._last_end + self.hop)
+            self.skipped_windows += max(0, (end - oldest_due) // self.hop)
+        self._decode(end)
+        return True
+
+    @property
+    def timings(self) -> np.ndarray:
+        """Per-decode stage times (ms), oldest first, shape (n_kept, len(STAGES))."""
+        return self._kept(self._timings)
+
+    @property
+    def latencies_ms(self) -> np.ndarray:
+        """``latency_ms`` of the kept decodes, oldest first, shape (n_kept,)."""
+        return self._kept(self._latencies)
+
+    def summary(self) -> RunSummary:
+        lat = self.latencies_ms
+        p50, p99 = np.percentile(lat, [50, 99]) if lat.size else (math.nan, math.nan)
+        src = self.source
+        return RunSummary(
+            decodes=self.decodes,
+            skipped_windows=self.skipped_windows,
+            publish_drops=self.publisher.dropped,
+            samples_received=src.n_samples,
+            dropped_samples=src.n_missing,
+            gaps=src.n_gaps,
+            stalls=src.n_stalls,
+            resets=self.preprocessor.n_resets,
+            nonfinite_values=self.preprocessor.n_nonfinite,
+            latency_ms_p50=float(p50),
+            latency_ms_p99=float(p99),
+            duration_s=self._clock() - self._started_s,
+        )
+
+    def console_line(self) -> str:
+        """The live view: state, rates, latest decode and latency (one line)."""
+        rate = self.source.effective_sfreq
+        last = self.last_decode
+        decode = (
+            f"{last.label} p={max(last.probabilities):.2f} latency {last.latency_ms:.0f} ms"
+            if last
+            else "no decode yet"
+        )
+        extra = f" filled {self.filled_channels}" if self.filled_channels else ""
+        return (
+            f"{self.state.value:8s} {rate:6.1f} Hz in | decodes {self.decodes} skipped "
+            f"{self.skipped_windows} gaps {self.source.n_gaps} | {decode}{extra}"
+        )
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _ingest(self, data: np.ndarray, stamps: np.ndarray) -> None:
+        steps = np.diff(stamps, prepend=self._last_stamp)
+        breaks = np.flatnonzero((steps > self._max_gap_s) | (steps < 0))
+        bounds = [0, *breaks.tolist(), stamps.size]
+        for lo, hi in itertools.pairwise(bounds):
+            if lo == hi:
+                continue
+            if lo in breaks:
+                self._new_segment()
+            self._push(data[:, lo:hi], stamps[lo:hi])
+        self._last_stamp = float(stamps[-1])
+
+    def _new_segment(self) -> None:
+        self.preprocessor.reset()
+        self._segment_start = self.ring.n_pushed
+
+    def _push(self, data: np.ndarray, stamps: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        y, newest = self.preprocessor.process(data)
+        t1 = time.perf_counter()
+        m = y.shape[1]
+        if m:
+            self.ring.push(y)
+            keep = min(m, self.capacity)
+            pos = (self.ring.n_pushed - keep + np.arange(keep)) % self.capacity
+            self._stamps[pos] = stamps[newest[m - keep :]]
+        self._pending[1] += (t1 - t0) * 1e3
+        self._pending[2] += (time.perf_counter() - t1) * 1e3
+
+    def _first_valid_end(self) -> int:
+        earliest = self._segment_start + self.n_times
+        return -(-earliest // self.hop) * self.hop
+
+    def _decode(self, end: int) -> None:
+        t0 = time.perf_counter()
+        psd = self.welch.update(self.ring, end)
+        self._x[0].copy_(self.welch.window(self.ring))
+        t1 = time.perf_counter()
+        probs, gates = self.engine(self._x, psd.unsqueeze(0))
+        t2 = time.perf_counter()
+        first = float(self._stamps[(end - self.n_times) % self.capacity])
+        last = float(self._stamps[(end - 1) % self.capacity])
+        values = probs.tolist()
+        compute_ms = (t2 - t0) * 1e3
+        published = self._clock()
+        msg = DecodeMessage(
+            seq=self.decodes,
+            model_id=self.model_id,
+            subject_id=self.subject_id,
+            labels=self.labels,
+            probabilities=values,
+            label=self.labels[int(np.argmax(values))],
+            gates=dict(zip(self.gate_names, gates.tolist(), strict=True)),
+            window_first_lsl_s=first,
+            window_last_lsl_s=last,
+            published_lsl_s=published,
+            latency_ms=(published - last) * 1e3,
+            compute_ms=compute_ms,
+            skipped_windows=self.skipped_windows,
+        )
+        self.publisher.publish(msg)
+        t3 = time.perf_counter()
+        row = self.decodes % self._timings.shape[0]
+        self._timings[row, :3] = self._pending
+        self._timings[row, 3:] = ((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        self._latencies[row] = msg.latency_ms
+        self._pending[:] = 0.0
+        beat = self._beat_latency
+        beat[0] += msg.latency_ms
+        beat[1] = max(beat[1], msg.latency_ms)
+        beat[2] += 1
+        self._last_end = end
+        self.decodes += 1
+        self.last_decode = msg
+
+    def _update_state(self) -> None:
+        status = self.source.status
+        self.state = (
+            RuntimeState.WAITING
+            if status is SourceStatus.WAITING
+            else RuntimeState.STALLED
+            if status is SourceStatus.STALLED
+            else RuntimeState.RUNNING
+        )
+
+    def _publish_status(self, now: float) -> None:
+        src = self.source
+        rate = src.effective_sfreq
+        total, peak, count = self._beat_latency
+        self.publisher.publish(
+            StatusMessage(
+                seq=self.status_seq,
+                state=self.state,
+                model_id=self.model_id,
+                subject_id=self.subject_id,
+                sfreq=self.sfreq,
+                sfreq_effective=None if math.isnan(rate) else rate,
+                samples_received=src.n_samples,
+                dropped_samples=src.n_missing,
+                gaps=src.n_gaps,
+                skipped_windows=self.skipped_windows,
+                decodes=self.decodes,
+                publish_drops=self.publisher.dropped,
+                uptime_s=max(0.0, now - self._started_s),
+                published_lsl_s=now,
+                last_sample_lsl_s=None if math.isnan(src.last_timestamp) else src.last_timestamp,
+                latency_ms_mean=total / count if count else None,
+                latency_ms_max=peak if count else None,
+            )
+        )
+        self._beat_latency = [0.0, 0.0, 0]
+        self.status_seq += 1
+
+    def _print_console(self) -> None:
+        print(f"\r{self.console_line()}\033[K", end="", file=sys.stderr, flush=True)
+
+    def _kept(self, records: np.ndarray) -> np.ndarray:
+        n = records.shape[0]
+        if self.decodes <= n:
+            return records[: self.decodes].copy()
+        return np.roll(records, -(self.decodes % n), axis=0)
+
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, lambda *_: self.stop())
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
