@@ -67,6 +67,7 @@ class Decode:
     latency_ms: float
     compute_ms: float
     skipped_windows: int
+    extras: dict[str, float | str]
     received_s: float = field(default=math.nan, compare=False)
 
     def probability(self, label: str) -> float:
@@ -102,6 +103,7 @@ class Status:
     latency_ms_mean: float | None
     latency_ms_max: float | None
     rtmoe_version: str
+    disabled_plugins: tuple[str, ...]
     received_s: float = field(default=math.nan, compare=False)
 
 
@@ -120,6 +122,10 @@ def _is_str(v: Any) -> bool:
     return isinstance(v, str)
 
 
+def _is_extra(v: Any) -> bool:
+    return _is_num(v) or _is_str(v)
+
+
 def _or_null(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: v is None or check(v)
 
@@ -128,7 +134,8 @@ def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, list) and all(map(check, v))
 
 
-# The schema 1.0 contract: every field is required (later 1.x fields are ignored).
+# The schema 1.1 contract: every 1.0 field is required, the 1.1 fields are optional
+# (a 1.0 runtime does not send them); fields of a later 1.x are ignored.
 _FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "decode": {
         "seq": _is_int,
@@ -144,6 +151,7 @@ _FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "latency_ms": _is_num,
         "compute_ms": _is_num,
         "skipped_windows": _is_int,
+        "extras": lambda v: isinstance(v, dict) and all(map(_is_extra, v.values())),
     },
     "status": {
         "seq": _is_int,
@@ -164,8 +172,10 @@ _FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "latency_ms_mean": _or_null(_is_num),
         "latency_ms_max": _or_null(_is_num),
         "rtmoe_version": _is_str,
+        "disabled_plugins": _list_of(_is_str),
     },
 }
+_ADDED_IN_1_1: dict[str, Any] = {"extras": {}, "disabled_plugins": []}
 
 
 def _reject_constant(name: str) -> float:
@@ -223,12 +233,16 @@ def parse(frames: bytes | Sequence[bytes], received_s: float = math.nan) -> Mess
         raise ProtocolError(f"payload type={kind!r} on topic {topic!r} is not an rtmoe message")
     values = {}
     for name, check in _FIELDS[kind].items():
+        if name not in data and name in _ADDED_IN_1_1:
+            values[name] = _ADDED_IN_1_1[name]
+            continue
         if name not in data:
             raise ProtocolError(f"{kind} payload lacks field {name!r}")
         if not check(data[name]):
             raise ProtocolError(f"{kind} field {name}={data[name]!r} has the wrong type")
         values[name] = data[name]
     if kind == "status":
+        values["disabled_plugins"] = tuple(values["disabled_plugins"])
         return Status(**values, received_s=received_s)
     if len(values["probabilities"]) != len(values["labels"]) or not values["labels"]:
         raise ProtocolError(
@@ -244,6 +258,7 @@ def parse(frames: bytes | Sequence[bytes], received_s: float = math.nan) -> Mess
         values[name] = float(values[name])
     values["latency_ms"] = float(values["latency_ms"])
     values["compute_ms"] = float(values["compute_ms"])
+    values["extras"] = {k: v if _is_str(v) else float(v) for k, v in values["extras"].items()}
     return Decode(**values, received_s=received_s)
 
 

@@ -139,6 +139,7 @@ def test_decode_payload_is_compact_json_with_the_documented_fields():
         "latency_ms": 17.5,
         "compute_ms": 4.25,
         "skipped_windows": 0,
+        "extras": {},
     }
 
 

@@ -74,6 +74,14 @@ def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         help="model channels missing from the stream: error, or zeros (flat, reported)",
     )
     parser.add_argument("--duration-s", type=float, help="stop after this many seconds")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="post-processing stage or sink, name[:key=value,...] (e.g. smooth:alpha=0.3, "
+        "lsl-out); repeat to chain, in order; see docs/plugins.md",
+    )
 
 
 def _run_stream(args: argparse.Namespace) -> int:
@@ -87,7 +95,7 @@ def _run_stream(args: argparse.Namespace) -> int:
         args, allow_remote=args.allow_remote, single_frame=args.single_frame, fill=args.fill
     )
     try:
-        runtime = Runtime(args.model, query, cfg, cache_dir=args.cache_dir)
+        runtime = Runtime(args.model, query, cfg, cache_dir=args.cache_dir, plugins=args.plugin)
     except LslError as err:
         raise UserError(str(err)) from None
     print(
@@ -95,6 +103,7 @@ def _run_stream(args: argparse.Namespace) -> int:
         f"{runtime.hop / runtime.sfreq * 1e3:g} ms from {runtime.source.channel_names}; "
         f"{runtime.engine.summary()}; publishing on {runtime.publisher.address}"
         + (f"; zero-filled channels {runtime.filled_channels}" if runtime.filled_channels else "")
+        + (f"; plugins {list(runtime.plugins.names)}" if len(runtime.plugins) else "")
         + "\nCtrl-C stops.",
         flush=True,
     )

@@ -9,8 +9,9 @@ One thread does everything, in this order, every cycle:
 3. The samples go to the `RingBuffer` on the compute device.
 4. When a new window end on the hop grid (absolute sample index a multiple of the hop)
    has arrived, the newest such window is decoded: `SlidingWelch` PSD, engine,
-   `DecodeMessage` published. Older due windows are skipped and counted, never queued,
-   so latency cannot grow without bound (overload policy).
+   `DecodeMessage`, plugin stages, published, plugin sinks (`rtmoe.runtime.plugins`).
+   Older due windows are skipped and counted, never queued, so latency cannot grow
+   without bound (overload policy).
 5. Once per ``status_period_s`` a `StatusMessage` (and the console line) is emitted.
 
 Nothing is logged per hop; per-hop numbers go to preallocated arrays (`Runtime.timings`,
@@ -35,7 +36,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ from rtmoe.engine import build_engine
 from rtmoe.models.pretrained import load_pretrained
 from rtmoe.models.specmoe import LoadedSpecMoE
 from rtmoe.runtime.channels import map_channels
+from rtmoe.runtime.plugins import Plugin, PluginContext, PluginRunner
 from rtmoe.runtime.preprocess import StreamPreprocessor
 from rtmoe.stream.lsl import LslSource, SourceStatus
 from rtmoe.stream.ring import RingBuffer
@@ -59,7 +61,7 @@ if TYPE_CHECKING:
     import pylsl
 
 #: Columns of `Runtime.timings`, milliseconds per decode (pull/preprocess/ring summed over
-#: the cycles since the previous decode).
+#: the cycles since the previous decode; "publish" includes the plugins' stages and sinks).
 STAGES: tuple[str, ...] = ("pull", "preprocess", "ring", "psd", "engine", "publish")
 
 
@@ -141,6 +143,9 @@ class Runtime:
         Reported in every message.
     cache_dir : path, optional
         Engine cache (default `rtmoe.engine.default_cache_dir`).
+    plugins : sequence of str, Stage or Sink, optional
+        Post-processing stages and sinks (specs such as ``"smooth:alpha=0.3"`` or plugin
+        objects), run in order on every decode; see `rtmoe.runtime.plugins`.
 
     Attributes
     ----------
@@ -155,6 +160,7 @@ class Runtime:
         Task name and the first 12 hex digits of the weights' sha256.
     filled_channels : list of str
         Model channels fed with zeros (``fill="zeros"``).
+    plugins : PluginRunner
     decodes, skipped_windows : int
     state : RuntimeState
     last_decode : DecodeMessage or None
@@ -169,10 +175,12 @@ class Runtime:
         publisher: ZmqPublisher | None = None,
         subject_id: str | None = None,
         cache_dir: str | Path | None = None,
+        plugins: Sequence[str | Plugin] = (),
     ) -> None:
         cfg = cfg or RuntimeConfig()
         cfg.validate()
         self.cfg = cfg
+        self.plugins = PluginRunner(plugins)  # first: a bad spec fails before any loading
         self.device = resolve_device(cfg.device)
         self.loaded = load_model(model, self.device)
         task, sig = self.loaded.task, self.loaded.config.signal
@@ -241,6 +249,16 @@ class Runtime:
         self._last_stamp = math.nan
         self._beat_latency = [0.0, 0.0, 0]  # sum, max, count since the last status
         self._started_s = math.nan
+        self.plugins.open(
+            PluginContext(
+                self.model_id,
+                subject_id,
+                tuple(self.labels),
+                tuple(self.gate_names),
+                self.sfreq,
+                self.hop / self.sfreq,
+            )
+        )
 
     # -- public API ----------------------------------------------------------------------
 
@@ -280,7 +298,8 @@ class Runtime:
         self._stop.set()
 
     def close(self) -> None:
-        """Close the source and, if the runtime created it, the publisher."""
+        """Close the plugins, the source and, if the runtime created it, the publisher."""
+        self.plugins.close()
         self.source.close()
         if self._owns_publisher:
             self.publisher.close()
@@ -345,6 +364,8 @@ class Runtime:
             else "no decode yet"
         )
         extra = f" filled {self.filled_channels}" if self.filled_channels else ""
+        if self.plugins.disabled:
+            extra += f" disabled plugins {list(self.plugins.disabled)}"
         return (
             f"{self.state.value:8s} {rate:6.1f} Hz in | decodes {self.decodes} skipped "
             f"{self.skipped_windows} gaps {self.source.n_gaps} | {decode}{extra}"
@@ -412,7 +433,11 @@ class Runtime:
             compute_ms=compute_ms,
             skipped_windows=self.skipped_windows,
         )
+        if len(self.plugins):
+            msg = self.plugins.process(msg)
         self.publisher.publish(msg)
+        if len(self.plugins):
+            self.plugins.send(msg)
         t3 = time.perf_counter()
         row = self.decodes % self._timings.shape[0]
         self._timings[row, :3] = self._pending
@@ -460,6 +485,7 @@ class Runtime:
                 last_sample_lsl_s=None if math.isnan(src.last_timestamp) else src.last_timestamp,
                 latency_ms_mean=total / count if count else None,
                 latency_ms_max=peak if count else None,
+                disabled_plugins=self.plugins.disabled,
             )
         )
         self._beat_latency = [0.0, 0.0, 0]

@@ -27,7 +27,7 @@ from rtmoe import __version__
 
 #: "MAJOR.MINOR". A major bump is breaking (a field removed, renamed, retyped or given a
 #: new meaning); a minor bump only adds fields, which readers must ignore if unknown.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SCHEMA_MAJOR = int(SCHEMA_VERSION.split(".")[0])
 
 TOPIC_DECODE = b"rtmoe.decode"
@@ -84,6 +84,10 @@ class DecodeMessage:
         Time spent on this window (spectral features and inference), milliseconds.
     skipped_windows : int
         Windows skipped since the previous decode because decoding fell behind.
+    extras : mapping of str to float or str
+        Outputs of the runtime's plugin stages (schema 1.1), e.g. ``{"decision":
+        "left_hand", "evidence": 1.02}``; empty without plugins. Values are finite
+        numbers or strings; keys are the stages' documented names.
     """
 
     seq: int
@@ -99,6 +103,7 @@ class DecodeMessage:
     latency_ms: float
     compute_ms: float
     skipped_windows: int = 0
+    extras: Mapping[str, float | str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Normalise numpy scalars/arrays to plain tuples and floats so that the message
@@ -109,6 +114,7 @@ class DecodeMessage:
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "probabilities", probabilities)
         object.__setattr__(self, "gates", gates)
+        object.__setattr__(self, "extras", _extras(self.extras))
         _set_counts(self, "seq", "skipped_windows")
         if not labels:
             raise ProtocolError("DecodeMessage.labels is empty; pass the class names")
@@ -178,6 +184,9 @@ class StatusMessage:
         ``None`` when there were none.
     rtmoe_version : str
         Version of the publishing rtmoe.
+    disabled_plugins : sequence of str
+        Specs of the runtime plugins disabled because they raised (schema 1.1); empty
+        while all run.
     """
 
     seq: int
@@ -198,6 +207,7 @@ class StatusMessage:
     latency_ms_mean: float | None = None
     latency_ms_max: float | None = None
     rtmoe_version: str = field(default=__version__)
+    disabled_plugins: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -209,6 +219,7 @@ class StatusMessage:
             ) from None
         _set_counts(self, "seq", "samples_received", "dropped_samples", "gaps", "skipped_windows")
         _set_counts(self, "decodes", "publish_drops")
+        object.__setattr__(self, "disabled_plugins", tuple(map(str, self.disabled_plugins)))
         _set_finite(self, "sfreq", "uptime_s", "published_lsl_s")
         _check_minimum(self, "uptime_s", 0.0)
         if self.sfreq <= 0:
@@ -248,6 +259,7 @@ def to_dict(msg: Message) -> dict[str, Any]:
             "latency_ms": msg.latency_ms,
             "compute_ms": msg.compute_ms,
             "skipped_windows": msg.skipped_windows,
+            "extras": msg.extras,
         }
     if isinstance(msg, StatusMessage):
         data: dict[str, Any] = {"type": "status", "schema_version": SCHEMA_VERSION}
@@ -349,7 +361,7 @@ def from_dict(data: Mapping[str, Any], expected: type[Message] | None = None) ->
             f"payload type={kind!r} arrived on the {_TOPIC_OF[expected].decode()} topic"
         )
     spec = _FIELD_TYPES[cls]
-    missing = [name for name in spec if name not in data]
+    missing = [name for name in spec if name not in data and name not in _OPTIONAL]
     if missing:
         raise ProtocolError(
             f"{kind} payload lacks required fields {missing} (schema {SCHEMA_VERSION})"
@@ -406,6 +418,27 @@ def _list_of(check):
     return lambda v: isinstance(v, list) and all(check(x) for x in v)
 
 
+def _is_extra(v: Any) -> bool:
+    return _is_number(v) or _is_str(v)
+
+
+def _extras(extras: Mapping[str, Any]) -> dict[str, float | str]:
+    """Stage outputs as plain ``str -> float | str``; NaN, inf and other types refused."""
+    out: dict[str, float | str] = {}
+    for key, value in extras.items():
+        if isinstance(value, str):
+            out[str(key)] = value
+            continue
+        number = float(value) if _is_number(value) else math.nan
+        if not math.isfinite(number):
+            raise ProtocolError(
+                f"DecodeMessage.extras[{key!r}]={value!r}; extras values must be finite "
+                "numbers or strings"
+            )
+        out[str(key)] = number
+    return out
+
+
 _FIELD_TYPES: dict[type, dict[str, Any]] = {
     DecodeMessage: {
         "seq": _is_int,
@@ -421,6 +454,7 @@ _FIELD_TYPES: dict[type, dict[str, Any]] = {
         "latency_ms": _is_number,
         "compute_ms": _is_number,
         "skipped_windows": _is_int,
+        "extras": lambda v: isinstance(v, dict) and all(map(_is_extra, v.values())),
     },
     StatusMessage: {
         "seq": _is_int,
@@ -441,9 +475,12 @@ _FIELD_TYPES: dict[type, dict[str, Any]] = {
         "latency_ms_mean": _nullable(_is_number),
         "latency_ms_max": _nullable(_is_number),
         "rtmoe_version": _is_str,
+        "disabled_plugins": _list_of(_is_str),
     },
 }
-# Every 1.0 field is required; fields added by a later 1.x must be optional here.
+# Every 1.0 field is required; fields added by a later 1.x are optional when reading (a
+# 1.0 publisher does not send them) and always written.
+_OPTIONAL = frozenset({"extras", "disabled_plugins"})
 _TOPICS = {TOPIC_DECODE: DecodeMessage, TOPIC_STATUS: StatusMessage}
 _TOPIC_OF = {cls: topic for topic, cls in _TOPICS.items()}
 _TYPES = {"decode": DecodeMessage, "status": StatusMessage}
