@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from rtmoe.engine.base import DecodeModule, Engine, EngineError, import_extra
+from rtmoe.engine.base import DecodeModule, EngineError, import_extra
+from rtmoe.engine.torch_engine import TorchEngine
 
 ENGINE_FILE = "engine.ep"
 
@@ -59,7 +60,7 @@ def precision_settings(compile_fn: Any, fp16: bool) -> dict[str, Any]:
     return settings
 
 
-class TensorRTEngine(Engine):
+class TensorRTEngine(TorchEngine):
     """A Torch-TensorRT compiled module on the CUDA device of the example window.
 
     Parameters
@@ -117,9 +118,3 @@ class TensorRTEngine(Engine):
                 f"Torch-TensorRT could not {action} the model ({type(err).__name__}: {err}); "
                 "use --engine torch"
             ) from err
-
-    def _run(self, x: torch.Tensor, psd: torch.Tensor) -> None:
-        with torch.inference_mode():
-            outputs = self._module(x, psd)
-        for buffer, output in zip(self._raw, outputs, strict=True):
-            buffer.copy_(output)

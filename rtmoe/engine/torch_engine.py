@@ -25,7 +25,7 @@ class TorchEngine(Engine):
             buffer.copy_(output)
 
 
-class CompileEngine(Engine):
+class CompileEngine(TorchEngine):
     """``torch.compile(fullgraph=True, dynamic=False)`` on the static window.
 
     On a GPU the mode is ``reduce-overhead`` (CUDA graphs: at batch 1 kernel launches
@@ -52,9 +52,3 @@ class CompileEngine(Engine):
                 f"torch.compile failed on this model ({type(err).__name__}: {err}); "
                 "use --engine torch or onnx"
             ) from err
-
-    def _run(self, x: torch.Tensor, psd: torch.Tensor) -> None:
-        with torch.inference_mode():
-            outputs = self._module(x, psd)
-        for buffer, output in zip(self._raw, outputs, strict=True):
-            buffer.copy_(output)
