@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from rtmoe.cli import Command, UserError
 from rtmoe.config import RuntimeConfig
@@ -21,8 +22,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     defaults = RuntimeConfig()
     parser.add_argument(
         "--model",
-        default="default",
-        help="fine-tuned checkpoint folder (rtmoe finetune --out) or shipped model name",
+        help="fine-tuned checkpoint folder (rtmoe finetune --out) or shipped model name "
+        "(default: the subject profile's base model, else 'default')",
     )
     parser.add_argument(
         "--engine", choices=ENGINE_KINDS, default=defaults.engine, help="inference backend"
@@ -74,6 +75,16 @@ def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         help="model channels missing from the stream: error, or zeros (flat, reported)",
     )
     parser.add_argument("--duration-s", type=float, help="stop after this many seconds")
+    parser.add_argument("--subject", help="apply this subject's profile (rtmoe calibrate)")
+    parser.add_argument(
+        "--profiles-dir",
+        type=Path,
+        help="subject profiles folder (default $RTMOE_HOME/subjects or "
+        "~/.local/share/rtmoe/subjects)",
+    )
+    parser.add_argument(
+        "--profile-version", type=int, help="profile version to load (default: the newest)"
+    )
     parser.add_argument(
         "--plugin",
         action="append",
@@ -94,8 +105,17 @@ def _run_stream(args: argparse.Namespace) -> int:
     cfg = _runtime_config(
         args, allow_remote=args.allow_remote, single_frame=args.single_frame, fill=args.fill
     )
+    profile = None
+    if args.subject:
+        from rtmoe.profiles import default_profiles_dir, load_profile
+
+        profiles_dir = args.profiles_dir or default_profiles_dir()
+        profile = load_profile(profiles_dir, args.subject, args.profile_version)
+    model = args.model or (profile.base_model if profile else "default")
     try:
-        runtime = Runtime(args.model, query, cfg, cache_dir=args.cache_dir, plugins=args.plugin)
+        runtime = Runtime(
+            model, query, cfg, cache_dir=args.cache_dir, plugins=args.plugin, profile=profile
+        )
     except LslError as err:
         raise UserError(str(err)) from None
     print(
@@ -120,7 +140,9 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from rtmoe.runtime.demo import run_demo
 
-    summary = run_demo(args.model, args.duration_s, _runtime_config(args), cache_dir=args.cache_dir)
+    summary = run_demo(
+        args.model or "default", args.duration_s, _runtime_config(args), cache_dir=args.cache_dir
+    )
     print(summary.describe(), flush=True)
     return 0
 

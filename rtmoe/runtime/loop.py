@@ -49,6 +49,7 @@ from rtmoe.dsp.spectral import welch_nperseg, welch_psd
 from rtmoe.engine import build_engine
 from rtmoe.models.pretrained import load_pretrained
 from rtmoe.models.specmoe import LoadedSpecMoE
+from rtmoe.profiles import Profile, apply_profile
 from rtmoe.runtime.channels import map_channels
 from rtmoe.runtime.plugins import Plugin, PluginContext, PluginRunner
 from rtmoe.runtime.preprocess import StreamPreprocessor
@@ -146,6 +147,10 @@ class Runtime:
     plugins : sequence of str, Stage or Sink, optional
         Post-processing stages and sinks (specs such as ``"smooth:alpha=0.3"`` or plugin
         objects), run in order on every decode; see `rtmoe.runtime.plugins`.
+    profile : Profile, optional
+        A subject profile (rtmoe calibrate): its weights and labels replace the base
+        model's, its alignment mixes channels before the ring buffer; refused for
+        another base model or montage.
 
     Attributes
     ----------
@@ -176,6 +181,7 @@ class Runtime:
         subject_id: str | None = None,
         cache_dir: str | Path | None = None,
         plugins: Sequence[str | Plugin] = (),
+        profile: Profile | None = None,
     ) -> None:
         cfg = cfg or RuntimeConfig()
         cfg.validate()
@@ -183,18 +189,11 @@ class Runtime:
         self.plugins = PluginRunner(plugins)  # first: a bad spec fails before any loading
         self.device = resolve_device(cfg.device)
         self.loaded = load_model(model, self.device)
-        task, sig = self.loaded.task, self.loaded.config.signal
-        if task.regression:
+        if self.loaded.task.regression:
             raise ValueError(
-                f"model task {task.name!r} is a regression task; the live decoder publishes "
-                "class probabilities, so give it a classification checkpoint"
+                f"model task {self.loaded.task.name!r} is a regression task; the live decoder "
+                "publishes class probabilities, so give it a classification checkpoint"
             )
-        self.sfreq = sig.sfreq
-        self.n_times = task.n_times
-        self.hop = max(1, round(cfg.hop_ms * 1e-3 * self.sfreq))
-        sha = str(self.loaded.checkpoint.meta.get("weights_sha256", ""))[:12]
-        self.model_id = f"{task.name}-{sha}" if sha else task.name
-        self.subject_id = subject_id
 
         if isinstance(stream, LslSource):
             self.source = stream
@@ -204,9 +203,20 @@ class Runtime:
             self.source = LslSource(
                 stream, max_buflen_s=cfg.max_buflen_s, stall_timeout_ms=cfg.stall_timeout_ms
             )
+        if profile is not None:  # refuses another base model or montage
+            self.loaded = apply_profile(self.loaded, profile, self.source.channel_names)
+            subject_id = subject_id or profile.subject
+        task, sig = self.loaded.task, self.loaded.config.signal
+        self.sfreq = sig.sfreq
+        self.n_times = task.n_times
+        self.hop = max(1, round(cfg.hop_ms * 1e-3 * self.sfreq))
+        sha = str(self.loaded.checkpoint.meta.get("weights_sha256", ""))[:12]
+        self.model_id = f"{task.name}-{sha}" if sha else task.name
+        self.subject_id = subject_id
         index = map_channels(self.source.channel_names, task.ch_names, cfg.fill)
         self.filled_channels = [name for name, i in zip(task.ch_names, index, strict=True) if i < 0]
-        self.preprocessor = StreamPreprocessor(index, self.source.sfreq, sig)
+        alignment = profile.alignment if profile is not None else None
+        self.preprocessor = StreamPreprocessor(index, self.source.sfreq, sig, alignment)
 
         n_chans = task.n_chans
         self.capacity = self.n_times + 2 * self.hop

@@ -30,6 +30,7 @@ from rtmoe.dsp.resample_stream import (
     design_resampler,
     resample_state,
 )
+from rtmoe.profiles import apply_alignment
 
 
 class StreamPreprocessor:
@@ -43,6 +44,8 @@ class StreamPreprocessor:
         The stream's nominal rate, Hz.
     signal : SignalConfig
         The model's preprocessing (``sfreq`` is the output rate).
+    alignment : ndarray, shape (n_chans, n_chans), optional
+        A subject's channel alignment (``rtmoe.profiles``), applied last.
 
     Attributes
     ----------
@@ -52,8 +55,15 @@ class StreamPreprocessor:
         Segments started after the first.
     """
 
-    def __init__(self, index: np.ndarray, sfreq_in: float, signal: SignalConfig) -> None:
+    def __init__(
+        self,
+        index: np.ndarray,
+        sfreq_in: float,
+        signal: SignalConfig,
+        alignment: np.ndarray | None = None,
+    ) -> None:
         self.index = np.asarray(index, dtype=np.int64)
+        self.alignment = alignment
         self.n_chans = self.index.size
         self.signal = signal
         self.sos = design_filter(signal)
@@ -103,6 +113,9 @@ class StreamPreprocessor:
             self._filter_state = filter_state(self.sos, self.n_chans, resampled[:, 0])
         if resampled.shape[1]:
             resampled, self._filter_state = apply_filter(resampled, self.sos, self._filter_state)
+        # A subject's alignment mixes channels the same way at every sample, so applying
+        # it per chunk equals applying it to every window (rtmoe.profiles).
+        resampled = apply_alignment(resampled, self.alignment)
         return (resampled / self.signal.unit_uv).astype(np.float32), newest
 
 

@@ -222,6 +222,9 @@ class LslSource:
             full = self._inlet.info(timeout=open_timeout_s)
             # Subscribe now: samples are queued from here on, even before the first pull.
             self._inlet.open_stream(timeout=open_timeout_s)
+            # The first clock-offset estimate blocks for ~0.6 s; take it here, not in the
+            # first pull, where it would delay (or, at high rates, drop) live samples.
+            self._inlet.time_correction(timeout=open_timeout_s)
         except Exception as err:
             raise LslError(
                 f"could not open stream {describe_stream(info)} within "

@@ -1,0 +1,409 @@
+"""Subject profiles: what calibration adds to a base model, versioned per subject.
+
+Imports only ``rtmoe`` (never offline/ or calibration/), so that the live loop can use
+it as it is.
+
+Layout::
+
+    <profiles_dir>/<subject>/v001/   one folder per fit, never overwritten
+        profile.json          labels, alignment method, channel map, chosen settings,
+                              metrics, base model identity (weights sha256), provenance
+        weights.safetensors   the tensors that differ from the base model, plus
+                              ``alignment.matrix`` (n_chans, n_chans) when aligned
+        quality.json          the signal-quality report of the session
+        metrics.json          cross-validation results of every candidate setting
+        confusion.png         the cross-validated confusion matrix
+    <profiles_dir>/<subject>/sessions/<id>/   raw calibration sessions (calibration.session)
+
+The newest version is the one loaded unless a version is named. A profile is refused
+for another base model (different weights sha256) or another montage (different stream
+channel names or mapping), with a message saying which model and channels it needs.
+
+Live use (what ``rtmoe stream --subject S01`` does)::
+
+    profile = load_profile(profiles_dir, "S01")
+    loaded = apply_profile(load_pretrained(profile.base_model), profile, stream_ch_names)
+    # for every preprocessed chunk y (n_chans, m), before the ring buffer / PSD:
+    y = apply_alignment(y, profile.alignment)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rtmoe import __version__
+from rtmoe.models.specmoe import LoadedSpecMoE, SpecMoE
+
+PROFILE_FILE = "profile.json"
+WEIGHTS_FILE = "weights.safetensors"
+ALIGNMENT_KEY = "alignment.matrix"
+PROFILE_FORMAT = 1
+_VERSION = re.compile(r"^v(\d{3,})$")
+_SUBJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ProfileError(ValueError):
+    """A profile is missing, or was built for another model or montage."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """A loaded subject profile.
+
+    Attributes
+    ----------
+    path : Path
+        The version folder.
+    subject : str
+    version : int
+    meta : dict
+        ``profile.json``.
+    weights : dict of str to Tensor
+        State-dict entries that replace the base model's.
+    alignment : ndarray, shape (n_chans, n_chans), float32, or None
+        Applied to preprocessed samples before windowing (`apply_alignment`).
+    """
+
+    path: Path
+    subject: str
+    version: int
+    meta: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    alignment: np.ndarray | None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.meta["labels"])
+
+    @property
+    def base_model(self) -> str:
+        """The name or path the base model was loaded from at calibration."""
+        return self.meta["base_model"]["ref"]
+
+
+def default_profiles_dir() -> Path:
+    """``$RTMOE_HOME/subjects``, else ``$XDG_DATA_HOME/rtmoe/subjects`` (~/.local/share)."""
+    home = os.environ.get("RTMOE_HOME")
+    if home:
+        return Path(home) / "subjects"
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data) / "rtmoe" / "subjects"
+
+
+def check_subject(subject: str) -> str:
+    """A subject id usable as a folder name (letters, digits, ``._-``)."""
+    if not _SUBJECT.match(subject or ""):
+        raise ProfileError(
+            f"subject={subject!r} must start with a letter or digit and hold only letters, "
+            "digits, '.', '_' or '-' (it names a folder), e.g. S01"
+        )
+    return subject
+
+
+def apply_alignment(x: np.ndarray | torch.Tensor, matrix: np.ndarray | None):
+    """Mix channels by ``matrix``: ``matrix @ x`` over the channel axis.
+
+    The map is linear and the same for every sample, so applying it to each streamed
+    chunk equals applying it to each window cut from the stream.
+
+    Parameters
+    ----------
+    x : ndarray or Tensor, shape (..., n_chans, n_times)
+    matrix : ndarray, shape (n_chans, n_chans), or None (identity: ``x`` returned as is)
+
+    Returns
+    -------
+    Same type, shape and dtype as ``x``.
+    """
+    if matrix is None:
+        return x
+    if x.shape[-2] != matrix.shape[1]:
+        raise ValueError(
+            f"x has {x.shape[-2]} channels on axis -2 but the alignment matrix is "
+            f"{matrix.shape}; pass windows (..., n_chans, n_times) in the profile's channels"
+        )
+    if isinstance(x, torch.Tensor):
+        return torch.as_tensor(matrix, dtype=x.dtype, device=x.device) @ x
+    return (matrix.astype(np.float64) @ x).astype(x.dtype, copy=False)
+
+
+def resize_head(model: SpecMoE, n_outputs: int) -> SpecMoE:
+    """Give ``model`` a fresh last head layer with ``n_outputs`` outputs (in place)."""
+    last = model.head[-1]
+    if last.out_features != n_outputs:
+        model.head[-1] = nn.Linear(last.in_features, n_outputs).to(last.weight.device)
+        model.n_outputs = n_outputs
+    return model
+
+
+def changed_weights(
+    model: nn.Module, base_weights: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """State-dict entries of ``model`` that differ from ``base_weights`` (CPU copies)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        base = base_weights.get(key)
+        value = value.detach().cpu()
+        if base is None or base.shape != value.shape or not torch.equal(base, value):
+            out[key] = value.clone().contiguous()
+    return out
+
+
+def save_profile(
+    profiles_dir: str | Path,
+    subject: str,
+    *,
+    base: LoadedSpecMoE,
+    base_ref: str,
+    model: SpecMoE,
+    labels: Sequence[str],
+    alignment: np.ndarray | None,
+    stream_ch_names: Sequence[str],
+    channel_index: np.ndarray,
+    settings: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    quality: Mapping[str, Any],
+    cv_results: Any = None,
+    session: str | None = None,
+    figures: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Write a new version of ``subject``'s profile atomically; returns its folder.
+
+    Parameters
+    ----------
+    base : LoadedSpecMoE
+        The base model as loaded (its checkpoint weights are the reference).
+    base_ref : str
+        How to load the base again (shipped name or checkpoint folder).
+    model : SpecMoE
+        The fitted model; only tensors that differ from the base are stored.
+    labels : sequence of str
+        Class names of the fitted head, in output order.
+    alignment : ndarray, shape (n_chans, n_chans), or None
+    stream_ch_names : sequence of str
+        The calibration stream's channel labels.
+    channel_index : ndarray, shape (n_chans,)
+        Stream row feeding each model channel.
+    settings, metrics, quality : mapping
+        Chosen settings, cross-validated metrics, quality report (JSON-serialisable).
+    cv_results : optional
+        Every candidate's cross-validation results (``metrics.json``).
+    session : str, optional
+        Path of the calibration session.
+    figures : mapping of file name to PNG bytes, optional
+    """
+    root = Path(profiles_dir) / check_subject(subject)
+    root.mkdir(parents=True, exist_ok=True)
+    version = max(_versions(root), default=0) + 1
+    weights = changed_weights(model, base.checkpoint.weights)
+    if alignment is not None:
+        weights[ALIGNMENT_KEY] = torch.from_numpy(np.ascontiguousarray(alignment, np.float32))
+    meta = {
+        "format": PROFILE_FORMAT,
+        "subject": subject,
+        "version": version,
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "rtmoe_version": __version__,
+        "torch_version": torch.__version__,
+        "base_model": {
+            "ref": base_ref,
+            "task": base.task.name,
+            "model_name": base.config.model.name,
+            "weights_sha256": base.checkpoint.meta.get("weights_sha256"),
+        },
+        "labels": list(labels),
+        "n_outputs": len(labels),
+        "model_ch_names": list(base.task.ch_names),
+        "n_times": base.task.n_times,
+        "sfreq": base.config.signal.sfreq,
+        "stream_ch_names": list(stream_ch_names),
+        "channel_index": [int(i) for i in channel_index],
+        "alignment": "none" if alignment is None else settings.get("alignment", "ea"),
+        "settings": dict(settings),
+        "metrics": dict(metrics),
+        "changed_tensors": sorted(k for k in weights if k != ALIGNMENT_KEY),
+        "session": session,
+    }
+    tmp = root / f".v{version:03d}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(weights, str(tmp / WEIGHTS_FILE))
+    (tmp / PROFILE_FILE).write_text(json.dumps(meta, indent=2))
+    (tmp / "quality.json").write_text(json.dumps(quality, indent=2))
+    (tmp / "metrics.json").write_text(json.dumps(cv_results, indent=2))
+    for name, blob in (figures or {}).items():
+        (tmp / name).write_bytes(blob)
+    final = root / f"v{version:03d}"
+    os.rename(tmp, final)
+    return final
+
+
+def load_profile(profiles_dir: str | Path, subject: str, version: int | None = None) -> Profile:
+    """The newest (or the given) version of ``subject``'s profile."""
+    root = Path(profiles_dir) / check_subject(subject)
+    versions = _versions(root)
+    if not versions:
+        raise ProfileError(
+            f"no profile for subject {subject!r} in {Path(profiles_dir)}; run `rtmoe "
+            f"calibrate --subject {subject}` first (or pass the right --profiles-dir)"
+        )
+    version = max(versions) if version is None else version
+    if version not in versions:
+        raise ProfileError(
+            f"subject {subject!r} has no profile version {version}; it has "
+            f"{sorted(versions)} (see `rtmoe profiles list`)"
+        )
+    path = root / f"v{version:03d}"
+    meta = json.loads((path / PROFILE_FILE).read_text())
+    if meta.get("format") != PROFILE_FORMAT:
+        raise ProfileError(
+            f"profile {path} has format {meta.get('format')}, this rtmoe reads "
+            f"{PROFILE_FORMAT}; recalibrate with this version"
+        )
+    weights = load_file(str(path / WEIGHTS_FILE))
+    matrix = weights.pop(ALIGNMENT_KEY, None)
+    return Profile(
+        path, subject, version, meta, weights, None if matrix is None else matrix.numpy()
+    )
+
+
+def list_profiles(profiles_dir: str | Path, subject: str | None = None) -> list[dict[str, Any]]:
+    """One summary per profile version (subject, version, labels, model, accuracy, ...)."""
+    root = Path(profiles_dir)
+    subjects = (
+        [check_subject(subject)]
+        if subject
+        else sorted(p.name for p in root.iterdir() if p.is_dir())
+        if root.is_dir()
+        else []
+    )
+    rows = []
+    for name in subjects:
+        for version in sorted(_versions(root / name)):
+            meta = json.loads((root / name / f"v{version:03d}" / PROFILE_FILE).read_text())
+            rows.append(
+                {
+                    "subject": name,
+                    "version": version,
+                    "created_utc": meta["created_utc"],
+                    "base_model": meta["base_model"]["ref"],
+                    "labels": meta["labels"],
+                    "alignment": meta["alignment"],
+                    "cv_balanced_accuracy": meta["metrics"].get("balanced_accuracy"),
+                    "path": str(root / name / f"v{version:03d}"),
+                }
+            )
+    return rows
+
+
+def remove_profile(
+    profiles_dir: str | Path, subject: str, version: int | None = None
+) -> list[Path]:
+    """Delete one version, or every version of ``subject`` (sessions are kept)."""
+    root = Path(profiles_dir) / check_subject(subject)
+    versions = sorted(_versions(root))
+    targets = versions if version is None else [version]
+    missing = sorted(set(targets) - set(versions))
+    if missing or not targets:
+        raise ProfileError(
+            f"subject {subject!r} has no profile version {missing or '(none at all)'} in "
+            f"{Path(profiles_dir)}; existing versions: {versions}"
+        )
+    removed = []
+    for v in targets:
+        path = root / f"v{v:03d}"
+        shutil.rmtree(path)
+        removed.append(path)
+    return removed
+
+
+def check_compatible(
+    profile: Profile, base: LoadedSpecMoE, stream_ch_names: Sequence[str] | None = None
+) -> None:
+    """Refuse a profile built for another base model or another montage.
+
+    Raises
+    ------
+    ProfileError
+        The base model's weights differ from those the profile was fitted on, or the
+        stream's channels are not the ones the profile was calibrated with.
+    """
+    want = profile.meta["base_model"]
+    have = base.checkpoint.meta.get("weights_sha256")
+    if want["weights_sha256"] != have:
+        raise ProfileError(
+            f"profile {profile.subject} v{profile.version} was calibrated on model "
+            f"{want['ref']!r} (task {want['task']!r}, size {want['model_name']!r}, weights "
+            f"{str(want['weights_sha256'])[:12]}), not on this one (task {base.task.name!r}, "
+            f"weights {str(have)[:12]}); stream with --model {want['ref']} or recalibrate "
+            "the subject with this model"
+        )
+    if list(base.task.ch_names) != profile.meta["model_ch_names"]:
+        raise ProfileError(
+            f"profile {profile.subject} v{profile.version} expects model channels "
+            f"{profile.meta['model_ch_names']}, the model has {list(base.task.ch_names)}; "
+            "recalibrate with this model"
+        )
+    if stream_ch_names is not None:
+        from rtmoe.runtime.channels import map_channels
+
+        ours = profile.meta["stream_ch_names"]
+        index = map_channels(stream_ch_names, base.task.ch_names, "zeros").tolist()
+        used = [stream_ch_names[i] if i >= 0 else None for i in index]
+        calibrated = [ours[i] if i >= 0 else None for i in profile.meta["channel_index"]]
+        if used != calibrated:
+            raise ProfileError(
+                f"profile {profile.subject} v{profile.version} was calibrated with stream "
+                f"channels {ours} (model inputs {calibrated}), but this stream has "
+                f"{list(stream_ch_names)} (model inputs {used}); use the calibration "
+                "montage or recalibrate the subject with this one"
+            )
+
+
+def apply_profile(
+    base: LoadedSpecMoE, profile: Profile, stream_ch_names: Sequence[str] | None = None
+) -> LoadedSpecMoE:
+    """The base model with the profile's weights and labels (checked first).
+
+    ``base`` is not modified: the model is a copy. The returned ``task`` carries the
+    profile's labels and ``"<task>:<subject>v<version>"`` as its name.
+    """
+    import copy
+
+    check_compatible(profile, base, stream_ch_names)
+    model = copy.deepcopy(base.model)
+    resize_head(model, profile.meta["n_outputs"])
+    state = model.state_dict()
+    unknown = sorted(set(profile.weights) - set(state))
+    if unknown:
+        raise ProfileError(
+            f"profile {profile.path} holds tensors {unknown[:3]} the model lacks; it does not "
+            "belong to this model: recalibrate"
+        )
+    state.update({k: v.to(state[k].device) for k, v in profile.weights.items()})
+    model.load_state_dict(state, strict=True)
+    task = dataclasses.replace(
+        base.task,
+        labels=profile.labels,
+        name=f"{base.task.name}:{profile.subject}v{profile.version}",
+    )
+    return LoadedSpecMoE(model.eval(), base.config, task, base.moe, base.checkpoint)
+
+
+def _versions(root: Path) -> list[int]:
+    if not root.is_dir():
+        return []
+    return [int(m.group(1)) for p in root.iterdir() if (m := _VERSION.match(p.name))]

@@ -1,0 +1,429 @@
+"""Calibration: session storage, epoching by the runtime's preprocessing, quality, alignment,
+fitting, profiles and `rtmoe calibrate --from` / `rtmoe profiles` on real SCP1 trials."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.cli import calibrate_command, profiles_command
+from calibration.epochs import epoch_recording, parse_classes, split_segments
+from calibration.fit import ea_matrix, fit_subject, stratified_folds
+from calibration.quality import line_noise_db, quality_report, timing
+from calibration.record import record_replay
+from calibration.session import Session, marker_label, read_session
+from rtmoe.checkpoint import save_checkpoint
+from rtmoe.cli import UserError
+from rtmoe.config import Config, SignalConfig
+from rtmoe.models.pretrained import load_pretrained
+from rtmoe.models.registry import model_config
+from rtmoe.models.specmoe import SPECMOE_KIND, TaskConfig, build_specmoe, specmoe_meta
+from rtmoe.profiles import (
+    ProfileError,
+    apply_alignment,
+    apply_profile,
+    list_profiles,
+    load_profile,
+    remove_profile,
+)
+from rtmoe.runtime.preprocess import preprocess_whole
+from rtmoe.stream.replay import Marker, Replay
+
+torch.set_num_threads(1)
+
+SCP1_CHANNELS = ("A1-Cz", "A2-Cz", "C3f", "C3p", "C4f", "C4p")
+SCP1_SIGNAL = SignalConfig(l_freq=None, h_freq=75.0, notch_freq=50.0)
+
+
+def make_base_model(path, seed: int = 0):
+    """A tiny SCP1-shaped SpecMoE checkpoint (3.5 s windows at 200 Hz, two classes)."""
+    cfg = Config().replace(signal=SCP1_SIGNAL, model=model_config("tiny"))
+    task = TaskConfig(
+        name="scp1", ch_names=SCP1_CHANNELS, n_times=700, labels=("negativity", "positivity")
+    )
+    torch.manual_seed(seed)
+    model = build_specmoe(cfg, task, cfg.moe)
+    return save_checkpoint(path, model, cfg, kind=SPECMOE_KIND, meta=specmoe_meta(task))
+
+
+def build_trials_fif(path, split: str, n: int, seed: int = 0, labels=None, ch_names=None):
+    """Like offline/recipes/build_demo_recording.py, from a seeded shuffle of a split."""
+    import mne
+
+    from offline.corpus.devdata import load_dev_split
+
+    t = load_dev_split("SelfRegulationSCP1", split)
+    idx = np.random.default_rng(seed).permutation(len(t.y))[:n]
+    X, y = t.X[idx], t.y[idx]
+    n_chans, n_times = X.shape[1:]
+    info = mne.create_info(list(ch_names or t.ch_names), t.sfreq, "eeg")
+    data = X.transpose(1, 0, 2).reshape(n_chans, -1).astype(np.float64) * 1e-6
+    raw = mne.io.RawArray(data, info, verbose="error")
+    trial_s = n_times / t.sfreq
+    names = [str(v) if labels is None else labels[v] for v in y]
+    raw.set_annotations(mne.Annotations(np.arange(n) * trial_s, trial_s, names))
+    raw.save(path, fmt="single", overwrite=True, verbose="error")
+    return path, y
+
+
+def cli(command, argv: list[str], capsys=None) -> int:
+    """Run a command as `rtmoe.cli.main` does (errors -> one line on stderr, code 2)."""
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return command.run(args)
+    except (UserError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}")
+        return 2
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return make_base_model(tmp_path_factory.mktemp("base") / "model")
+
+
+@pytest.fixture(scope="module")
+def train_fif(tmp_path_factory):
+    return build_trials_fif(tmp_path_factory.mktemp("fif") / "train_eeg.fif", "train", 48)
+
+
+# -- small pure pieces ---------------------------------------------------------------------
+
+
+def test_parse_classes_and_marker_labels():
+    assert parse_classes("left=1,right=2") == ({"1": "left", "2": "right"}, ("left", "right"))
+    assert parse_classes("a, b") == ({"a": "a", "b": "b"}, ("a", "b"))
+    assert parse_classes("l=1,l=3,r=2")[1] == ("l", "r")
+    with pytest.raises(ValueError, match="at least two"):
+        parse_classes("left=1")
+    with pytest.raises(ValueError, match="twice"):
+        parse_classes("left=1,right=1")
+    assert marker_label(2.0) == "2" and marker_label(b" x ") == "x" and marker_label(1.5) == "1.5"
+
+
+def test_split_segments_at_gaps_and_backward_steps():
+    t = np.array([0.0, 0.01, 0.02, 0.5, 0.51, 0.3, 0.31])
+    assert split_segments(t, 0.1) == [(0, 3), (3, 5), (5, 7)]
+
+
+def test_ea_matrix_whitens_at_the_same_average_power():
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(4, 4))
+    X = np.einsum("cd,ndt->nct", mix, rng.normal(size=(30, 4, 500)))
+    M = ea_matrix(X, shrinkage=0.0)
+    A = np.einsum("cd,ndt->nct", M.astype(np.float64), X - X.mean(axis=2, keepdims=True))
+    R = np.einsum("nct,ndt->cd", A, A) / (30 * 500)
+    level = np.trace(np.einsum("nct,ndt->cd", X - X.mean(2, keepdims=True), X - X.mean(
+        2, keepdims=True)) / (30 * 500)) / 4  # fmt: skip
+    np.testing.assert_allclose(R, level * np.eye(4), atol=1e-4 * level)
+
+
+def test_alignment_per_chunk_equals_per_window():
+    rng = np.random.default_rng(1)
+    stream = rng.normal(size=(3, 1000)).astype(np.float32)
+    M = ea_matrix(rng.normal(size=(5, 3, 200)))
+    chunks = [apply_alignment(stream[:, a : a + 37], M) for a in range(0, 1000, 37)]
+    live = np.concatenate(chunks, axis=1)
+    window = apply_alignment(stream[None, :, 300:700], M)[0]
+    np.testing.assert_allclose(live[:, 300:700], window, rtol=1e-6, atol=1e-6)
+    assert apply_alignment(stream, None) is stream
+    t = apply_alignment(torch.from_numpy(stream[None]), M)
+    np.testing.assert_allclose(t[0].numpy(), live, rtol=1e-5, atol=1e-5)
+
+
+def test_stratified_folds_balance_classes():
+    y = np.array([0] * 10 + [1] * 7)
+    folds = stratified_folds(y, 3, seed=0)
+    for k in range(3):
+        assert np.sum((folds == k) & (y == 0)) in (3, 4)
+        assert np.sum((folds == k) & (y == 1)) in (2, 3)
+
+
+# -- session on disk -----------------------------------------------------------------------
+
+
+def _replay(n_trials: int = 6, sfreq: float = 256.0, n_times: int = 896) -> Replay:
+    rng = np.random.default_rng(3)
+    data = (20 + 10 * rng.normal(size=(6, n_trials * n_times))).astype(np.float32)
+    markers = tuple(Marker(i * n_times / sfreq, ("a", "b")[i % 2]) for i in range(n_trials))
+    return Replay(data, sfreq, SCP1_CHANNELS, markers, "synthetic")
+
+
+def _new_session(path, replay):
+    return Session.create(
+        path, subject="S", ch_names=replay.ch_names, sfreq=replay.sfreq, source={"kind": "t"}
+    )
+
+
+def test_interrupted_and_resumed_session_equals_uninterrupted(tmp_path):
+    replay = _replay()
+    with _new_session(tmp_path / "whole", replay) as s:
+        record_replay(s, replay, chunk_s=0.3)
+
+    def interrupt_after(n):
+        def on_chunk(session):
+            if session.n_samples >= n:
+                raise KeyboardInterrupt
+
+        return on_chunk
+
+    s = _new_session(tmp_path / "cut", replay)
+    with pytest.raises(KeyboardInterrupt):
+        record_replay(s, replay, chunk_s=0.3, on_chunk=interrupt_after(2000))
+    s.close()
+    # A crash mid-append: half a sample row and half a marker line reach the disk.
+    with open(tmp_path / "cut" / "eeg.f32", "ab") as f:
+        f.write(b"\0" * 10)
+    with open(tmp_path / "cut" / "markers.jsonl", "a") as f:
+        f.write('{"t": 99.0, "lab')
+    s = Session.open(tmp_path / "cut")
+    assert s.n_samples == 26 * 77 and s.n_markers == 3  # whole 77-sample chunks only
+    with s:
+        record_replay(s, replay, chunk_s=0.3)
+    a, b = read_session(tmp_path / "whole"), read_session(tmp_path / "cut")
+    np.testing.assert_array_equal(a.data, b.data)
+    np.testing.assert_array_equal(a.times, b.times)
+    np.testing.assert_array_equal(a.marker_times, b.marker_times)
+    assert a.marker_labels == b.marker_labels == tuple(m.label for m in replay.markers)
+    index = np.arange(6)
+    ta, tb = (
+        epoch_recording(r, index, SCP1_SIGNAL, 700, {"a": "a", "b": "b"}, ("a", "b"))
+        for r in (a, b)
+    )
+    np.testing.assert_array_equal(ta.X, tb.X)
+    assert len(ta.y) == 6
+
+
+def test_resume_refuses_another_stream(tmp_path):
+    replay = _replay()
+    _new_session(tmp_path / "s", replay).close()
+    s = Session.open(tmp_path / "s")
+    with pytest.raises(ValueError, match="--new-session"):
+        s.check_stream(["Cz"], 256.0)
+    s.close()
+
+
+# -- epoching is the runtime's preprocessing, cut by timestamp ----------------------------
+
+
+def test_windows_are_slices_of_the_live_chain_and_gaps_reject_trials(tmp_path):
+    replay = _replay(n_trials=8)
+    with _new_session(tmp_path / "s", replay) as s:
+        record_replay(s, replay, chunk_s=0.5)
+    rec = read_session(tmp_path / "s")
+    # Sample 3·896 onwards moved 5 s later: a gap between trials 2 and 3.
+    times = rec.times.copy()
+    times[3 * 896 + 100 :] += 5.0
+    marker_times = rec.marker_times.copy()
+    marker_times[4:] += 5.0
+    rec = type(rec)(rec.data, times, marker_times, rec.marker_labels, rec.ch_names, 256.0, {})
+    index = np.array([5, 4, 3, 2, 1, 0])
+    trials = epoch_recording(rec, index, SCP1_SIGNAL, 700, {"a": "A", "b": "B"}, ("A", "B"))
+    assert trials.rejected == [{"t": 3 * 3.5, "label": "b", "reason": "window spans a gap"}]
+    assert len(trials.y) == 7
+    whole = preprocess_whole(np.asarray(rec.data[:, : 3 * 896 + 100]), index, 256.0, SCP1_SIGNAL)
+    # 256 -> 200 Hz: the output sample reading input 896·k first is 700·k.
+    np.testing.assert_array_equal(trials.X[1], whole[:, 700:1400])
+    assert trials.window_times[1, 0] == pytest.approx(896 / 256)
+    # After the gap the chain restarts: trial 4 is a slice of a fresh run from sample 2788.
+    after = preprocess_whole(np.asarray(rec.data[:, 3 * 896 + 100 :]), index, 256.0, SCP1_SIGNAL)
+    k = np.searchsorted(times[3 * 896 + 100 :][np.arange(after.shape[1]) * 32 // 25], 4 * 3.5 + 5)
+    np.testing.assert_allclose(trials.X[3], after[:, k : k + 700], rtol=0, atol=1e-6)
+
+
+def test_tmin_and_unknown_labels_and_incomplete_windows(tmp_path):
+    replay = _replay(n_trials=4)
+    with _new_session(tmp_path / "s", replay) as s:
+        record_replay(s, replay)
+    rec = read_session(tmp_path / "s")
+    trials = epoch_recording(
+        rec, np.arange(6), SCP1_SIGNAL, 700, {"a": "A"}, ("A", "B"), tmin_s=-0.5
+    )
+    reasons = [r["reason"] for r in trials.rejected]
+    assert reasons == [
+        "window starts before the recording (or a gap)",
+        "unknown label",
+        "unknown label",
+    ]
+    assert trials.counts() == {"A": 1, "B": 0}
+    short = epoch_recording(rec, np.arange(6), SCP1_SIGNAL, 700, {"a": "A", "b": "B"}, ("A", "B"),
+                            tmin_s=0.2)  # fmt: skip
+    assert short.rejected[-1]["reason"] == "window still arriving"
+
+
+# -- quality ---------------------------------------------------------------------------------
+
+
+def test_quality_finds_flat_noisy_line_noise_rate_and_jitter(tmp_path):
+    sfreq, n = 256.0, 256 * 20
+    rng = np.random.default_rng(0)
+    t = np.arange(n) / sfreq
+    data = 10 * rng.normal(size=(6, n))
+    data[1] = 3.0  # flat (a constant offset)
+    data[2] *= 30  # noisy
+    data[3] += 40 * np.sin(2 * np.pi * 50 * t)  # mains
+    stamps = t + 1e-4 * rng.normal(size=n)  # 0.1 ms jitter
+    stamps[n // 2 :] += 2.0  # one 2 s gap
+    db = line_noise_db(data, sfreq, 50.0)
+    assert db[3] > 20 and abs(db[0]) < 3
+    tm = timing(stamps, sfreq, 0.1)
+    assert tm["n_gaps"] == 1 and tm["gap_s"] == pytest.approx(2.0, abs=0.01)
+    assert tm["effective_hz"] == pytest.approx(256.0, rel=1e-3)
+    assert tm["jitter_ms"] == pytest.approx(0.1, rel=0.2)
+    session = Session.create(tmp_path / "q", subject="S", ch_names=SCP1_CHANNELS, sfreq=sfreq,
+                             source={"kind": "t"})  # fmt: skip
+    with session:
+        session.append(data.astype(np.float32), stamps)
+    rec = read_session(tmp_path / "q")
+    trials = epoch_recording(rec, np.arange(6), SCP1_SIGNAL, 700, {}, ("A", "B"))
+    report = quality_report(rec, np.arange(6), SCP1_CHANNELS, trials, 0.1)
+    assert report["flat"] == ["A2-Cz"] and report["noisy"] == ["C3f"]
+    assert report["line_noise_db"]["50"]["C3p"] > 20
+    assert any("line noise" in w for w in report["warnings"])
+    json.dumps(report)
+
+
+# -- fitting and profiles ------------------------------------------------------------------
+
+
+def test_fit_learns_a_separable_task_and_refuses_too_few_trials(base_dir):
+    base = load_pretrained(base_dir)
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 12)
+    X = 0.05 * rng.normal(size=(24, 6, 700)).astype(np.float32)
+    X += np.where(y == 1, 0.5, -0.5)[:, None, None].astype(np.float32)  # class = offset
+    result = fit_subject(base, X, y, ("up", "down"), alignments=("none",), tunings=("head",),
+                         n_folds=3, epochs=40, max_minutes=0.5, lr=3e-3)  # fmt: skip
+    assert result.metrics["balanced_accuracy"] >= 0.9
+    assert result.model.n_outputs == 2 and result.alignment is None
+    with pytest.raises(ValueError, match=r"too few trials per class: \{'down': 3\}"):
+        fit_subject(base, X[:15], y[:15], ("up", "down"), min_trials_per_class=5)
+
+
+def test_profile_round_trip_and_refusals(tmp_path, base_dir):
+    from rtmoe.profiles import save_profile
+
+    base = load_pretrained(base_dir)
+    model = base.model
+    import copy
+
+    fitted = copy.deepcopy(model)
+    with torch.no_grad():
+        fitted.head[-1].bias += 1.0
+    M = np.eye(6, dtype=np.float32) * 2
+    kw = dict(
+        base=base,
+        base_ref=str(base_dir),
+        model=fitted,
+        labels=("negativity", "positivity"),
+        stream_ch_names=list(SCP1_CHANNELS),
+        channel_index=np.arange(6),
+        settings={"alignment": "ea"},
+        metrics={"balanced_accuracy": 0.7},
+        quality={},
+    )
+    p1 = save_profile(tmp_path, "S01", alignment=M, **kw)
+    p2 = save_profile(tmp_path, "S01", alignment=None, **kw)
+    assert (p1.name, p2.name) == ("v001", "v002")
+    prof = load_profile(tmp_path, "S01", version=1)
+    assert prof.meta["changed_tensors"] == ["head.4.bias"]
+    np.testing.assert_array_equal(prof.alignment, M)
+    applied = apply_profile(base, prof, list(SCP1_CHANNELS))
+    torch.testing.assert_close(applied.model.head[-1].bias, fitted.head[-1].bias)
+    assert load_profile(tmp_path, "S01").version == 2
+    # Another base model (other weights) and another montage are refused.
+    other = load_pretrained(make_base_model(tmp_path / "other", seed=1))
+    with pytest.raises(ProfileError, match="calibrated on model"):
+        apply_profile(other, prof)
+    with pytest.raises(ProfileError, match="calibrated with stream channels"):
+        apply_profile(base, prof, ["A1-Cz", "A2-Cz", "C3f", "C3p", "C4", "C4p"])
+    # Channels are matched by name: another order is the same montage.
+    apply_profile(base, prof, ["C4p", "A1-Cz", "A2-Cz", "C3f", "C3p", "C4f"])
+    assert [r["version"] for r in list_profiles(tmp_path)] == [1, 2]
+    remove_profile(tmp_path, "S01", 1)
+    assert [r["version"] for r in list_profiles(tmp_path)] == [2]
+    with pytest.raises(ProfileError, match="no profile version"):
+        remove_profile(tmp_path, "S01", 7)
+    with pytest.raises(ProfileError, match="rtmoe calibrate --subject S02"):
+        load_profile(tmp_path, "S02")
+
+
+# -- the command, from a file ----------------------------------------------------------------
+
+
+def test_calibrate_from_file_writes_a_profile_that_reproduces_its_windows(
+    tmp_path, base_dir, train_fif, capsys
+):
+    path, _ = train_fif
+    argv = ["--subject", "S01", "--from", str(path), "--model", str(base_dir),
+            "--profiles-dir", str(tmp_path), "--folds", "3", "--epochs", "8",
+            "--max-minutes", "0.3", "--tuning", "head"]  # fmt: skip
+    assert cli(calibrate_command, argv) == 0
+    out = capsys.readouterr().out
+    assert "signal quality" in out and "chosen: alignment" in out and "confusion" in out
+    prof = load_profile(tmp_path, "S01")
+    assert prof.meta["metrics"]["n_trials"] == 48
+    assert (prof.path / "confusion.png").stat().st_size > 1000
+    assert json.loads((prof.path / "quality.json").read_text())["trials"]["rejected"] == {}
+    session = json.loads((Path(prof.meta["session"]) / "session.json").read_text())
+    assert session["profile"] == str(prof.path)
+    assert cli(profiles_command, ["list", "--profiles-dir", str(tmp_path)]) == 0
+    assert "S01 v001" in capsys.readouterr().out
+    assert cli(profiles_command, ["remove", "--subject", "S01", "--all",
+                                  "--profiles-dir", str(tmp_path)]) == 0  # fmt: skip
+    assert list_profiles(tmp_path) == []
+
+
+def test_calibrate_bad_inputs_give_clear_messages_and_keep_the_recording(
+    tmp_path, base_dir, capsys
+):
+    common = ["--model", str(base_dir), "--profiles-dir", str(tmp_path), "--max-minutes", "0.1"]
+    # Markers with labels that are no class (numeric codes, no --classes).
+    coded, _ = build_trials_fif(tmp_path / "coded_eeg.fif", "train", 12,
+                                labels={"negativity": "1", "positivity": "2"})  # fmt: skip
+    assert cli(calibrate_command, ["--subject", "S1", "--from", str(coded), *common]) == 2
+    out = capsys.readouterr().out
+    assert "no usable trial" in out and "'1'" in out and "--classes" in out
+    # ... mapped with --classes they are trials, but too few per class to fit.
+    argv = ["--subject", "S1", "--from", str(coded), "--classes",
+            "negativity=1,positivity=2", *common]  # fmt: skip
+    assert cli(calibrate_command, argv) == 2
+    out = capsys.readouterr().out
+    assert "too few trials per class" in out and "session is kept" in out
+    session = next((tmp_path / "S1" / "sessions").iterdir())
+    rec = read_session(session)
+    assert rec.n_samples == 12 * 896 and len(rec.marker_labels) == 12
+    # A montage that is not the model's.
+    other, _ = build_trials_fif(tmp_path / "other_eeg.fif", "train", 4,
+                                ch_names=["Fp1", "Fp2", "F3", "F4", "C3", "C4"])  # fmt: skip
+    assert cli(calibrate_command, ["--subject", "S2", "--from", str(other), *common]) == 2
+    out = capsys.readouterr().out
+    assert "lacks model channel(s)" in out and "Fp1" in out
+    # A window that is not the model's.
+    argv = ["--subject", "S3", "--from", str(coded), "--tmax", "2.0", *common]
+    assert cli(calibrate_command, argv) == 2
+    assert "set --tmax 3.5" in capsys.readouterr().out
+
+
+def test_cached_expert_features_give_the_same_outputs(base_dir):
+    from calibration.fit import _FrozenFeatures, expert_features
+
+    model = load_pretrained(base_dir).model
+    x = 0.2 * torch.randn(5, 6, 700, generator=torch.Generator().manual_seed(0))
+    psd = model.psd(x)
+    with torch.no_grad():
+        want = model(x, psd)
+        experts = model.experts
+        stand_ins = [_FrozenFeatures(f) for f in expert_features(model, x)]
+        model.experts = torch.nn.ModuleList(stand_ins)
+        for s in stand_ins:
+            s.rows = torch.tensor([3, 1])
+        got = model(x[[3, 1]], psd[[3, 1]])
+        model.experts = experts
+    torch.testing.assert_close(got, want[[3, 1]], rtol=1e-5, atol=1e-6)
