@@ -104,6 +104,8 @@ class Status:
     latency_ms_max: float | None
     rtmoe_version: str
     disabled_plugins: tuple[str, ...]
+    nonfinite_values: int
+    filled_channels: tuple[str, ...]
     received_s: float = field(default=math.nan, compare=False)
 
 
@@ -173,9 +175,16 @@ _FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "latency_ms_max": _or_null(_is_num),
         "rtmoe_version": _is_str,
         "disabled_plugins": _list_of(_is_str),
+        "nonfinite_values": _is_int,
+        "filled_channels": _list_of(_is_str),
     },
 }
-_ADDED_IN_1_1: dict[str, Any] = {"extras": {}, "disabled_plugins": []}
+_ADDED_IN_1_1: dict[str, Any] = {
+    "extras": {},
+    "disabled_plugins": [],
+    "nonfinite_values": 0,
+    "filled_channels": [],
+}
 
 
 def _reject_constant(name: str) -> float:
@@ -243,6 +252,7 @@ def parse(frames: bytes | Sequence[bytes], received_s: float = math.nan) -> Mess
         values[name] = data[name]
     if kind == "status":
         values["disabled_plugins"] = tuple(values["disabled_plugins"])
+        values["filled_channels"] = tuple(values["filled_channels"])
         return Status(**values, received_s=received_s)
     if len(values["probabilities"]) != len(values["labels"]) or not values["labels"]:
         raise ProtocolError(

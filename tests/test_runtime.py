@@ -376,8 +376,9 @@ def test_nan_samples_are_repaired_counted_and_never_published(model_dir):
     pusher = Pusher(MODEL_CHANS, 200.0, duration_s=1.5)
     pusher.data[1, 150:170] = np.nan
     pusher.data[0, 200] = np.inf
-    runtime, summary, decodes, _ = _run(model_dir, pusher, duration_s=1.9)
+    runtime, summary, decodes, statuses = _run(model_dir, pusher, duration_s=1.9)
     assert decodes and summary.nonfinite_values == 21
+    assert statuses[-1].nonfinite_values == 21  # also a number on the status topic
     assert all(np.isfinite(m.probabilities).all() for m in decodes)
     _offline_check(runtime, pusher, decodes, index=np.arange(3))
 
@@ -386,8 +387,9 @@ def test_missing_channels_error_or_zero_fill(model_dir):
     pusher = Pusher(("C3", "Cz", "Pz"), 200.0, duration_s=1.2)
     with pytest.raises(ChannelError, match=r"\['C4'\]"):
         Runtime(model_dir, {"name": pusher.name}, _cfg())
-    runtime, _, decodes, _ = _run(model_dir, pusher, duration_s=1.5, fill="zeros")
+    runtime, _, decodes, statuses = _run(model_dir, pusher, duration_s=1.5, fill="zeros")
     assert runtime.filled_channels == ["C4"] and "filled ['C4']" in runtime.console_line()
+    assert statuses[-1].filled_channels == ("C4",)
     assert decodes
     _offline_check(runtime, pusher, decodes, index=np.array([0, -1, 1]))
 

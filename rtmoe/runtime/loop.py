@@ -496,6 +496,8 @@ class Runtime:
                 latency_ms_mean=total / count if count else None,
                 latency_ms_max=peak if count else None,
                 disabled_plugins=self.plugins.disabled,
+                nonfinite_values=self.preprocessor.n_nonfinite,
+                filled_channels=self.filled_channels,
             )
         )
         self._beat_latency = [0.0, 0.0, 0]

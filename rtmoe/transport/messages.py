@@ -187,6 +187,11 @@ class StatusMessage:
     disabled_plugins : sequence of str
         Specs of the runtime plugins disabled because they raised (schema 1.1); empty
         while all run.
+    nonfinite_values : int
+        NaN/inf input values replaced by their channel's last finite value (schema 1.1).
+    filled_channels : sequence of str
+        Model channels missing from the stream and fed with zeros (``--fill zeros``,
+        schema 1.1).
     """
 
     seq: int
@@ -208,6 +213,8 @@ class StatusMessage:
     latency_ms_max: float | None = None
     rtmoe_version: str = field(default=__version__)
     disabled_plugins: Sequence[str] = ()
+    nonfinite_values: int = 0
+    filled_channels: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -218,8 +225,9 @@ class StatusMessage:
                 f"{[s.value for s in RuntimeState]}"
             ) from None
         _set_counts(self, "seq", "samples_received", "dropped_samples", "gaps", "skipped_windows")
-        _set_counts(self, "decodes", "publish_drops")
+        _set_counts(self, "decodes", "publish_drops", "nonfinite_values")
         object.__setattr__(self, "disabled_plugins", tuple(map(str, self.disabled_plugins)))
+        object.__setattr__(self, "filled_channels", tuple(map(str, self.filled_channels)))
         _set_finite(self, "sfreq", "uptime_s", "published_lsl_s")
         _check_minimum(self, "uptime_s", 0.0)
         if self.sfreq <= 0:
@@ -476,11 +484,13 @@ _FIELD_TYPES: dict[type, dict[str, Any]] = {
         "latency_ms_max": _nullable(_is_number),
         "rtmoe_version": _is_str,
         "disabled_plugins": _list_of(_is_str),
+        "nonfinite_values": _is_int,
+        "filled_channels": _list_of(_is_str),
     },
 }
 # Every 1.0 field is required; fields added by a later 1.x are optional when reading (a
 # 1.0 publisher does not send them) and always written.
-_OPTIONAL = frozenset({"extras", "disabled_plugins"})
+_OPTIONAL = frozenset({"extras", "disabled_plugins", "nonfinite_values", "filled_channels"})
 _TOPICS = {TOPIC_DECODE: DecodeMessage, TOPIC_STATUS: StatusMessage}
 _TOPIC_OF = {cls: topic for topic, cls in _TOPICS.items()}
 _TYPES = {"decode": DecodeMessage, "status": StatusMessage}
