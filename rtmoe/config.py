@@ -278,7 +278,7 @@ class RuntimeConfig:
     stall_timeout_ms: float = 500.0
     max_gap_ms: float = 100.0
     status_period_s: float = 1.0
-    poll_ms: float = 2.0  # sleep between pulls when no window is due
+    poll_ms: float = 2.0  # longest wait for the next sample (the loop wakes on arrival)
     fill: str = "error"
     device: str = "auto"  # "auto": CUDA when present, else CPU
     engine: str = "auto"

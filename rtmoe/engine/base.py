@@ -323,15 +323,17 @@ def parity_inputs(
     n_random: int = 4,
     seed: int = 0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The example window and ``n_random`` seeded random ones for the parity check.
+    """The example window, a flat one and ``n_random`` seeded random ones for parity.
 
     Random windows are white noise of :data:`PARITY_SCALE` model units with their Welch
     PSD from ``model.psd`` when the model has it (SpecMoE); otherwise the example PSD
-    scaled by a seeded log-normal factor per bin, so the gates see varied spectra.
+    scaled by a seeded log-normal factor per bin, so the gates see varied spectra. The
+    flat window (zero signal, zero PSD: a dead or zero-filled channel) catches backends
+    that lose the model's guards against log(0).
     """
     generator = torch.Generator().manual_seed(seed)
     psd_of = getattr(module.model, "psd", None)
-    pairs = [(x, psd)]
+    pairs = [(x, psd), (torch.zeros_like(x), torch.zeros_like(psd))]
     for _ in range(n_random):
         xr = PARITY_SCALE * torch.randn(tuple(x.shape), generator=generator)
         if callable(psd_of):

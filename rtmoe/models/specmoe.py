@@ -17,7 +17,7 @@ Gate input
 The PSD is ``rtmoe.dsp.spectral.welch_psd`` of the model-unit window (units² / Hz),
 the same function the runtime averages its stored periodograms with. EEG power spans
 several decades across frequency (1/f) and between electrodes, so a linear gate over raw
-power would see only the lowest bins; the gate reads ``log10(PSD + PSD_FLOOR)`` instead,
+power would see only the lowest bins; the gate reads ``log10(max(PSD, PSD_FLOOR))`` instead,
 where ``PSD_FLOOR = 1e-10`` units²/Hz (1e-6 µV²/Hz at 100 µV per unit, far below any
 amplifier's noise floor) only keeps flat or zeroed channels finite. The log is taken
 inside the model, so callers pass the density exactly as ``welch_psd`` returns it.
@@ -121,8 +121,13 @@ class TaskConfig:
 
 
 def gate_input(psd: torch.Tensor) -> torch.Tensor:
-    """Log-density the gates read: ``log10(psd + PSD_FLOOR)``, same shape as ``psd``."""
-    return torch.log10(psd + PSD_FLOOR)
+    """Log-density the gates read: ``log10(max(psd, PSD_FLOOR))``, same shape as ``psd``.
+
+    A clamp rather than ``psd + PSD_FLOOR``: graph optimisers (ONNX export) fold the tiny
+    addend away, and an exactly-zero bin (a flat or zero-filled channel, DC after
+    detrending) would then give -inf.
+    """
+    return torch.log10(psd.clamp_min(PSD_FLOOR))
 
 
 class SpecMoE(nn.Module):

@@ -286,13 +286,11 @@ class Runtime:
                 now = clock()
                 if duration_s is not None and now - start >= duration_s:
                     break
-                decoded = self.step()
+                self.step(self._poll_s)
                 if self._heartbeat.due(now):
                     self._publish_status(now)
                     if console:
                         self._print_console()
-                if not decoded:
-                    time.sleep(self._poll_s)
         finally:
             restore()
             summary = self.summary()
@@ -314,13 +312,14 @@ class Runtime:
         if self._owns_publisher:
             self.publisher.close()
 
-    def step(self) -> bool:
+    def step(self, wait_s: float = 0.0) -> bool:
         """One cycle: pull, preprocess, push, and decode if a window is due.
 
+        ``wait_s``: with nothing buffered, wait up to this long for the next sample.
         Returns whether a window was decoded.
         """
         t0 = time.perf_counter()
-        data, stamps = self.source.pull()
+        data, stamps = self.source.pull(wait_s)
         self._pending[0] += (time.perf_counter() - t0) * 1e3
         if stamps.size:
             self._ingest(data, stamps)

@@ -261,8 +261,12 @@ class LslSource:
         self._cp_count = np.zeros(18, dtype=np.int64)
         self._cp_next = 0
 
-    def pull(self) -> tuple[np.ndarray, np.ndarray]:
-        """Drain everything the inlet holds (up to ``chunk_capacity`` samples); never blocks.
+    def pull(self, timeout_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Drain everything the inlet holds (up to ``chunk_capacity`` samples).
+
+        With ``timeout_s`` > 0 and nothing buffered, wait up to that long for the first
+        sample and return as soon as it arrives (the live loop wakes on data instead of
+        sleeping a polling period); otherwise never block.
 
         Returns
         -------
@@ -277,6 +281,15 @@ class LslSource:
         """
         n = 0
         try:
+            if timeout_s > 0 and not self._inlet.samples_available():
+                # pull_chunk with a timeout waits to fill the whole chunk; one sample
+                # returns on arrival.
+                sample, stamp = self._inlet.pull_sample(timeout=timeout_s)
+                if stamp is None:
+                    return self._data[:, :0], self._timestamps[:0]
+                self._raw[0] = sample
+                self._timestamps[0] = stamp
+                n = 1
             while n < self.chunk_capacity:
                 _, stamps = self._inlet.pull_chunk(
                     timeout=0.0,
