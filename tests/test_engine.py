@@ -83,7 +83,8 @@ def onnx_built(model, tmp_path_factory):
 def test_torch_engine_matches_eager_in_preallocated_buffers(model):
     engine = build_engine(model, _window(model, 0), "torch")
     assert (engine.name, engine.n_outputs, engine.n_experts) == ("torch", N_OUTPUTS, 3)
-    assert engine.parity.max_abs_diff == 0 and engine.parity.n_inputs == 6  # example, flat, 4 random
+    # example, flat and 4 random windows
+    assert engine.parity.max_abs_diff == 0 and engine.parity.n_inputs == 6
     first = None
     for seed in (1, 2):
         x, psd = _window(model, seed)
