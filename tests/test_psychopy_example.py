@@ -227,3 +227,35 @@ def test_decode_feedback_without_pylsl_uses_receive_age(monkeypatch):
             assert not frame.stale and frame.age_clock == "receive" and frame.age_s < 0.2
             time.sleep(0.3)
             assert fb.update("feet").stale
+
+
+def test_headless_neurofeedback_against_rtmoe_demo(tmp_path, capsys):
+    """The example experiment reads the real `rtmoe demo` stream (shipped model, replayed
+    SCP1 EEG) for a fixed time and logs what it received."""
+    import socket
+
+    from rtmoe.config import RuntimeConfig
+    from rtmoe.runtime.demo import run_demo
+
+    with socket.socket() as probe:  # a free loopback port for both sides
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    cfg = RuntimeConfig(engine="torch", device="cpu", zmq_address=address)
+    result = {}
+    demo = threading.Thread(
+        target=lambda: result.update(summary=run_demo("default", 12.0, cfg, console=False)),
+        daemon=True,
+    )
+    demo.start()
+    log_path = tmp_path / "nf.jsonl"
+    argv = ["--headless", "--address", address, "--duration-s", "6", "--trial-s", "2"]
+    argv += ["--log", str(log_path), "--no-markers", "--max-age-s", "1.0"]
+    assert main(argv) == 0
+    demo.join(20.0)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    frames = [json.loads(line) for line in log_path.read_text().splitlines()]
+    fresh = [f for f in frames if f.get("event") == "frame" and not f["stale"]]
+    assert summary["classes"] == ["negativity", "positivity"]
+    assert summary["decodes_received"] > 10 and summary["dropped"] == 0
+    assert fresh and all(0.0 <= f["p"] <= 1.0 for f in fresh)
+    assert result["summary"].decodes_received >= summary["decodes_received"]
