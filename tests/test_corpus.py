@@ -16,7 +16,6 @@ from scipy import signal
 
 from offline.corpus import InputError
 from offline.corpus.build import build_corpus, build_dev_corpus
-from offline.corpus.channels import normalise_channel_name
 from offline.corpus.cli import command
 from offline.corpus.devdata import DEV_CH_NAMES, dev_data_dir, dev_ts_path, load_dev_split
 from offline.corpus.preprocess import (
@@ -30,6 +29,7 @@ from offline.corpus.shards import ShardCorpus, ShardWriter, partition_recordings
 from offline.corpus.ts import read_ts
 from rtmoe.cli import UserError
 from rtmoe.config import TEN_TWENTY_19, Config, CorpusConfig, SignalConfig, to_dict
+from rtmoe.runtime.channels import canonical_name
 
 SFREQ = 256.0
 DURATION_S = 320.0
@@ -220,12 +220,12 @@ def test_preprocess_known_answers():
     np.testing.assert_allclose(preprocess(rec, bare)[0], ref, atol=1e-5)
 
 
-def test_normalise_channel_name():
+def test_canonical_name():
     cases = {
         "EEG FP1-REF": "FP1", "Fp1": "FP1", "T7": "T3", "eeg t8-le": "T4", "P7": "T5",
         "EEG P8-REF": "T6", "Fc5.": "FC5", "Cz-AVG": "CZ", "A1-Cz": "A1-CZ", "EEG:O2": "O2",
     }  # fmt: skip
-    assert {k: normalise_channel_name(k) for k in cases} == cases
+    assert {k: canonical_name(k) for k in cases} == cases
 
 
 def test_select_channels_missing_lists_exactly(clean_uv):

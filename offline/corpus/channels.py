@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from offline.corpus import InputError
-
-#: Modern 10-20 names mapped to the older ones used by ``TEN_TWENTY_19``.
-CHANNEL_ALIASES: dict[str, str] = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
-
-# "EEG FP1-REF" (TUH), "Fp1." (PhysioNet EDF padding), "EEG:Cz", "Fz-AVG": the type
-# prefix, padding dots and a common-reference suffix are dropped; a bipolar pair
-# ("A1-Cz") keeps its second electrode.
-_PREFIX = re.compile(r"^EEG[\s:_-]+")
-_REF_SUFFIX = re.compile(r"[\s_-]+(REF|LE|AR|AVG|AVERAGE)$")
-
-
-def normalise_channel_name(name: str) -> str:
-    """Canonical upper-case form of an electrode label: "EEG T7-REF" -> "T3"."""
-    canon = name.strip().upper().rstrip(".")
-    canon = _REF_SUFFIX.sub("", _PREFIX.sub("", canon)).strip()
-    return CHANNEL_ALIASES.get(canon, canon)
+from rtmoe.runtime.channels import canonical_name
 
 
 def match_channels(ch_names: Sequence[str], channels: Sequence[str], path: Path) -> list[int]:
-    """Positions in ``ch_names`` of ``channels``, matched by ``normalise_channel_name``.
+    """Positions in ``ch_names`` of ``channels``, matched by ``canonical_name``.
 
     Parameters
     ----------
@@ -49,14 +33,14 @@ def match_channels(ch_names: Sequence[str], channels: Sequence[str], path: Path)
     """
     index: dict[str, int] = {}
     for i, name in enumerate(ch_names):
-        canon = normalise_channel_name(name)
+        canon = canonical_name(name)
         if canon in index:
             raise InputError(
                 f"{path}: channels {ch_names[index[canon]]!r} and {name!r} both match "
                 f"{canon}; drop one of them from the file"
             )
         index[canon] = i
-    wanted = [normalise_channel_name(c) for c in channels]
+    wanted = [canonical_name(c) for c in channels]
     missing = [c for c, w in zip(channels, wanted, strict=True) if w not in index]
     if missing:
         raise InputError(

@@ -19,7 +19,7 @@ from rtmoe.dsp.filters import apply_filter, design_filter, filter_state, resampl
 def select_channels(rec: Recording, channels: Sequence[str]) -> Recording:
     """Keep ``channels``, in that order and under those names.
 
-    Names match case-insensitively after ``channels.normalise_channel_name`` on both
+    Names match case-insensitively after ``rtmoe.runtime.channels.canonical_name`` on both
     sides (so "EEG FP1-REF" is FP1 and T7 is T3).
 
     Parameters
