@@ -24,7 +24,7 @@ import numpy as np
 
 from calibration.session import Recording
 from rtmoe.config import SignalConfig
-from rtmoe.runtime.preprocess import StreamPreprocessor
+from rtmoe.runtime.preprocess import StreamPreprocessor, continuity_breaks
 
 #: Samples per chunk fed to the preprocessor (the result does not depend on it).
 CHUNK_SAMPLES = 4096
@@ -89,8 +89,7 @@ class Segment:
 
 def split_segments(times: np.ndarray, max_gap_s: float) -> list[tuple[int, int]]:
     """``[start, stop)`` sample ranges between timestamp steps over ``max_gap_s`` (or < 0)."""
-    steps = np.diff(times)
-    cuts = np.flatnonzero((steps > max_gap_s) | (steps < 0)) + 1
+    cuts = continuity_breaks(times, max_gap_s)
     edges = np.concatenate([[0], cuts, [times.size]])
     return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 

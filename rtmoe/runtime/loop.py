@@ -52,7 +52,7 @@ from rtmoe.models.specmoe import LoadedSpecMoE
 from rtmoe.profiles import Profile, apply_profile
 from rtmoe.runtime.channels import map_channels
 from rtmoe.runtime.plugins import Plugin, PluginContext, PluginRunner
-from rtmoe.runtime.preprocess import StreamPreprocessor
+from rtmoe.runtime.preprocess import StreamPreprocessor, continuity_breaks
 from rtmoe.stream.lsl import LslSource, SourceStatus
 from rtmoe.stream.ring import RingBuffer
 from rtmoe.stream.sliding import SlidingWelch
@@ -383,8 +383,7 @@ class Runtime:
     # -- internals -----------------------------------------------------------------------
 
     def _ingest(self, data: np.ndarray, stamps: np.ndarray) -> None:
-        steps = np.diff(stamps, prepend=self._last_stamp)
-        breaks = np.flatnonzero((steps > self._max_gap_s) | (steps < 0))
+        breaks = continuity_breaks(stamps, self._max_gap_s, self._last_stamp)
         bounds = [0, *breaks.tolist(), stamps.size]
         for lo, hi in itertools.pairwise(bounds):
             if lo == hi:

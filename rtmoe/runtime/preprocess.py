@@ -33,6 +33,19 @@ from rtmoe.dsp.resample_stream import (
 from rtmoe.profiles import apply_alignment
 
 
+def continuity_breaks(
+    times: np.ndarray, max_gap_s: float, previous: float = float("nan")
+) -> np.ndarray:
+    """Indices of ``times`` where a new continuous segment starts.
+
+    A segment starts where the step from the previous timestamp (``previous`` before
+    ``times[0]``; NaN: none) exceeds ``max_gap_s`` or goes backwards. The live loop and
+    calibration share this rule, so both restart the preprocessing at the same samples.
+    """
+    steps = np.diff(times, prepend=previous)
+    return np.flatnonzero((steps > max_gap_s) | (steps < 0))
+
+
 class StreamPreprocessor:
     """Turns raw stream chunks into model-rate, model-unit samples, carrying state.
 
