@@ -143,16 +143,16 @@ def specmoe_row(
 
 
 def seed_rows(
-    per_seed: list[dict[str, Any]], probas: list[np.ndarray], y_test: np.ndarray
+    row: str, per_seed: list[dict[str, Any]], probas: list[np.ndarray], y_test: np.ndarray
 ) -> dict[str, dict[str, Any]]:
-    """Mean ± sd over seeds, and the ensemble that averages the seeds' probabilities."""
+    """``row``'s mean ± sd over seeds, and the ensemble averaging the seeds' probabilities."""
     keys = ("balanced_accuracy", "cohen_kappa", "weighted_f1", "auroc")
     n = len(per_seed)
     mean = {k: float(np.mean([m[k] for m in per_seed])) for k in keys}
     sd = {k: float(np.std([m[k] for m in per_seed], ddof=1)) for k in keys}
     return {
-        f"SpecMoE, mean of {n} seeds": mean | {"sd": sd, "seeds": per_seed},
-        f"SpecMoE, ensemble of {n} seeds": _metrics(y_test, np.mean(probas, axis=0)),
+        f"{row}, mean of {n} seeds": mean | {"sd": sd, "seeds": per_seed},
+        f"{row}, ensemble of {n} seeds": _metrics(y_test, np.mean(probas, axis=0)),
     }
 
 
@@ -202,8 +202,12 @@ def peer_row(row: str, name: str, seed: int) -> dict[str, Any]:
 def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Markdown table: one row per method, test metrics per data set."""
     names = [n for n in DATASETS if n in results]
-    seeds = sorted({r for n in names for r in results[n] if " seeds" in r}, reverse=True)
-    every = (SPECMOE_ROWS[0], *seeds, *SPECMOE_ROWS[1:], *PEER_ROWS, *DIAGNOSTIC_ROWS)
+    seed_rows_of = {
+        base: sorted({r for n in names for r in results[n] if r.startswith(f"{base}, ")})
+        for base in SPECMOE_ROWS
+    }
+    specmoe = [r for base in SPECMOE_ROWS for r in (base, *reversed(seed_rows_of[base]))]
+    every = (*specmoe, *PEER_ROWS, *DIAGNOSTIC_ROWS)
     rows = [r for r in every if any(r in results[n] for n in names)]
     head = "| method | " + " | ".join(f"{n} bal. acc | κ | F1 | AUROC" for n in names)
     lines = [head + " |", "|---" * (1 + 4 * len(names)) + "|"]
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("all", "specmoe", "peers"), default="all")
     parser.add_argument("--rows", nargs="+", help="subset of the SpecMoE rows")
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds of the SpecMoE row"
+        "--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds of every SpecMoE row"
     )
     parser.add_argument("--work", type=Path, default=Path("runs/bench_accuracy"))
     parser.add_argument("--threads", type=int, default=2)
@@ -249,17 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.datasets:
         results[name] = {}
         for row in specmoe_rows:
-            runs = [
-                specmoe_row(row, name, args.experts, cfg, args.work, seed)
-                for seed in (args.seeds if row == "SpecMoE" else args.seeds[:1])
-            ]
-            results[name][row] = runs[0][0]
-            print(f"{name} {row}: {json.dumps(results[name][row])}", flush=True)
+            runs = []
+            for seed in args.seeds:
+                runs.append(specmoe_row(row, name, args.experts, cfg, args.work, seed))
+                print(f"{name} {row} seed {seed}: {json.dumps(runs[-1][0])}", flush=True)
+            if row == "SpecMoE" or len(runs) == 1:
+                results[name][row] = runs[0][0]  # first seed; on SCP1 the shipped model
             if len(runs) > 1:
                 meta = json.loads((Path(runs[0][0]["checkpoint"]) / "meta.json").read_text())
                 labels = meta["task"]["labels"]
                 y_test = np.array([labels.index(v) for v in load_dev_split(name, "test").y])
-                results[name] |= seed_rows([m for m, _ in runs], [p for _, p in runs], y_test)
+                per_seed, probas = [m for m, _ in runs], [p for _, p in runs]
+                results[name] |= seed_rows(row, per_seed, probas, y_test)
         if "SpecMoE" in specmoe_rows:
             checkpoint = results[name]["SpecMoE"]["checkpoint"]
             results[name][DIAGNOSTIC_ROWS[0]] = recentered_specmoe_row(name, checkpoint)

@@ -167,7 +167,9 @@ tangent space 0.553; competition winner 88.7 %. See bench/README.md for the benc
 - One subject, one session: a demonstration decoder, not a clinical or
   subject-independent model. Other users need their own calibration (fine-tuning).
 - The experts saw ~0.3 h of EEG (the paper: ~9,200 h); they are proof of the
-  pipeline, not a foundation model.
+  pipeline, not a foundation model. At this scale pretraining does not pay: over 5
+  fine-tuning seeds, three fresh experts score 0.843 and these three 0.792
+  (bench/README.md).
 - Fixed input: exactly these 6 electrodes, {meta["task"]["n_times"]} samples at
   200 Hz, unfiltered below 1 Hz.
 - Session offsets: SCP1's test session sits 14-23 µV lower than its train session in

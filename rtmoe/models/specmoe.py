@@ -2,11 +2,11 @@
 
 For a window ``x (batch, n_chans, n_times)`` in model units::
 
-    h_k = mean_t expert_k.encoder(x)           (batch, n_chans, D)     per electrode
-    z   = norm(log10(PSD(x) + floor))          (batch, n_chans, bins)  per electrode
-    g_k = sigmoid(W_k · z + b_k)               (batch, n_chans, D)     per electrode
-    H   = concat_k(h_k ⊙ g_k)                  (batch, n_chans, K·D)
-    logits = head(pool_c H)                    (batch, n_outputs)
+    h_k = mean_t expert_k.encoder(x)            (batch, n_chans, D)     per electrode
+    z   = norm(log10(max(PSD(x), floor)))       (batch, n_chans, bins)  per electrode
+    g_k = sigmoid(W_k · z + b_k)                (batch, n_chans, D)     per electrode
+    H   = concat_k(h_k ⊙ g_k)                   (batch, n_chans, K·D)
+    logits = head(pool_c H)                     (batch, n_outputs)
 
 Every expert always runs; the gates neither compete (no softmax) nor select (no top-k).
 The electrode axis stays explicit until the channel pooling, so feature ``d`` of
@@ -62,7 +62,7 @@ from rtmoe.models.spechinet import SpecHiNet, SpecHiNetEncoder
 
 #: Checkpoint kind written by ``rtmoe finetune``.
 SPECMOE_KIND = "specmoe"
-#: Added to the PSD (model units² / Hz) before the log, so zero power stays finite.
+#: Lower clamp of the PSD (model units² / Hz) before the log, so zero power stays finite.
 PSD_FLOOR = 1e-10
 
 
