@@ -202,13 +202,14 @@ def peer_row(row: str, name: str, seed: int) -> dict[str, Any]:
 def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Markdown table: one row per method, test metrics per data set."""
     names = [n for n in DATASETS if n in results]
-    seed_rows_of = {
-        base: sorted({r for n in names for r in results[n] if r.startswith(f"{base}, ")})
+    present = {r for n in names for r in results[n]}
+    # Each SpecMoE row, then its "…, mean of N seeds" and "…, ensemble of N seeds" rows.
+    specmoe = [
+        r
         for base in SPECMOE_ROWS
-    }
-    specmoe = [r for base in SPECMOE_ROWS for r in (base, *reversed(seed_rows_of[base]))]
-    every = (*specmoe, *PEER_ROWS, *DIAGNOSTIC_ROWS)
-    rows = [r for r in every if any(r in results[n] for n in names)]
+        for r in (base, *sorted((r for r in present if r.startswith(f"{base}, ")), reverse=True))
+    ]
+    rows = [r for r in (*specmoe, *PEER_ROWS, *DIAGNOSTIC_ROWS) if r in present]
     head = "| method | " + " | ".join(f"{n} bal. acc | κ | F1 | AUROC" for n in names)
     lines = [head + " |", "|---" * (1 + 4 * len(names)) + "|"]
     for r in rows:
