@@ -38,10 +38,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from offline.corpus.devdata import load_dev_split  # noqa: E402
-from offline.evaluate import evaluate  # noqa: E402
-from offline.finetune import TASK_SIGNALS, finetune  # noqa: E402
-from offline.metrics import classification_metrics  # noqa: E402
+from rtmoe.offline.corpus.devdata import load_dev_split  # noqa: E402
+from rtmoe.offline.evaluate import evaluate  # noqa: E402
+from rtmoe.offline.finetune import TASK_SIGNALS, finetune  # noqa: E402
+from rtmoe.offline.metrics import classification_metrics  # noqa: E402
 from rtmoe.config import Config, load_config  # noqa: E402
 
 DATASETS = ("SelfRegulationSCP1", "FingerMovements")

@@ -3,8 +3,8 @@
 
 Entry points (pyproject ``rtmoe.commands``)::
 
-    calibrate = "calibration.cli:calibrate_command"
-    profiles = "calibration.cli:profiles_command"
+    calibrate = "rtmoe.calibration.cli:calibrate_command"
+    profiles = "rtmoe.calibration.cli:profiles_command"
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from calibration.epochs import Trials, epoch_recording, parse_classes
-from calibration.fit import ALIGNMENTS, TUNINGS, FitError, confusion_png, fit_subject
-from calibration.quality import format_report, quality_report
-from calibration.record import MarkerInlet, TrialCounter, record_lsl, record_replay
-from calibration.session import Session, SessionError, read_meta, read_session
+from rtmoe.calibration.epochs import Trials, epoch_recording, parse_classes
+from rtmoe.calibration.fit import ALIGNMENTS, TUNINGS, FitError, confusion_png, fit_subject
+from rtmoe.calibration.quality import format_report, quality_report
+from rtmoe.calibration.record import MarkerInlet, TrialCounter, record_lsl, record_replay
+from rtmoe.calibration.session import Session, SessionError, read_meta, read_session
 from rtmoe.cli import Command, UserError
 from rtmoe.config import RuntimeConfig
 from rtmoe.models.specmoe import LoadedSpecMoE
@@ -176,7 +176,7 @@ def _record(args, base, class_map, labels, index_fn, root: Path, extra: dict) ->
         except LslError as err:
             raise UserError(
                 f"marker stream: {err}\nStart the experiment software's marker outlet "
-                "(PsychoPy, plugins.markers.MarkerOutlet, `rtmoe play`) before calibrating, "
+                "(PsychoPy, rtmoe.plugins.markers.MarkerOutlet, `rtmoe play`) before calibrating, "
                 "or name it with --markers NAME"
             ) from None
         markers = MarkerInlet(marker_info)

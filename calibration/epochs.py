@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calibration.session import Recording
+from rtmoe.calibration.session import Recording
 from rtmoe.config import SignalConfig
 from rtmoe.runtime.preprocess import StreamPreprocessor, continuity_breaks
 
@@ -133,7 +133,7 @@ def epoch_recording(
     Parameters
     ----------
     rec : Recording
-        From `calibration.session.read_session`.
+        From `rtmoe.calibration.session.read_session`.
     index : ndarray, shape (n_model_chans,), int
         Stream row feeding each model channel (`rtmoe.runtime.channels.map_channels`).
     signal : SignalConfig

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from offline.metrics import classification_metrics, confusion_matrix
+from rtmoe.offline.metrics import classification_metrics, confusion_matrix
 from rtmoe.models.specmoe import LoadedSpecMoE, SpecMoE
 from rtmoe.profiles import apply_alignment, resize_head
 
@@ -68,7 +68,7 @@ class FitResult:
     settings : dict
         ``alignment``, ``tuning``, ``epochs``, ``lr``, ``n_folds``, ``seed``.
     metrics : dict
-        Cross-validated metrics of the chosen settings (`offline.metrics`), with
+        Cross-validated metrics of the chosen settings (`rtmoe.offline.metrics`), with
         ``confusion`` (rows true, columns predicted) and ``n_trials``.
     candidates : list of dict
         Every candidate's settings, balanced accuracy, per-fold accuracies, epochs run.
@@ -283,7 +283,7 @@ def fit_subject(
     base : LoadedSpecMoE
         The base model (not modified).
     X : ndarray, shape (n_trials, n_chans, n_times), model units
-        Unaligned windows (`calibration.epochs.epoch_recording`).
+        Unaligned windows (`rtmoe.calibration.epochs.epoch_recording`).
     y : ndarray, shape (n_trials,), int
     labels : sequence of str
         Class names; when they are not the base model's labels, the head's last layer

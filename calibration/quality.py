@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from scipy import signal as sps
 
-from calibration.epochs import Trials, split_segments
-from calibration.session import Recording
+from rtmoe.calibration.epochs import Trials, split_segments
+from rtmoe.calibration.session import Recording
 
 FLAT_UV = 0.5
 NOISY_UV = 200.0

@@ -1,7 +1,7 @@
 """Filling a session: from live LSL streams (EEG + markers) or from an annotated file.
 
 Live: every pull of the EEG inlet and of the marker inlet is appended to the session at
-once (see `calibration.session`), so Ctrl-C, a crash or a lost stream loses at most the
+once (see `rtmoe.calibration.session`), so Ctrl-C, a crash or a lost stream loses at most the
 chunk being written. Timestamps are LSL times with clock correction (``proc_clocksync``)
 on both inlets, so markers and samples share one clock whatever their arrival order.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calibration.session import Session, marker_label, read_session
+from rtmoe.calibration.session import Session, marker_label, read_session
 from rtmoe.stream.replay import Replay, marker_sample
 
 #: Below this standard deviation (µV over the last progress period) a channel is flat.

@@ -4,7 +4,7 @@ What is kept is what arrived, not trials: every EEG chunk (samples in µV and th
 timestamps) and every marker (LSL timestamp and label) is appended to the session
 folder as it is pulled, and flushed to the OS at once (fsync at most every
 ``FSYNC_PERIOD_S``). Trials are derived later by running the runtime's own
-preprocessing over the recorded stream (`calibration.epochs`), so the windows a profile
+preprocessing over the recorded stream (`rtmoe.calibration.epochs`), so the windows a profile
 is fitted on are the windows the live loop would build from the same samples.
 
 Layout of ``<session>/``::

@@ -98,7 +98,7 @@ def prepare_trials(X: np.ndarray, sfreq: float, signal: SignalConfig) -> np.ndar
     ndarray, shape (n_trials, n_chans, ceil(n_times * signal.sfreq / sfreq)), float32,
     model units.
     """
-    from offline.corpus.preprocess import preprocess_array
+    from rtmoe.offline.corpus.preprocess import preprocess_array
 
     X = np.asarray(X)
     if X.ndim != 3:
@@ -318,7 +318,7 @@ def finetune(
     """
     from tqdm.auto import tqdm
 
-    from offline.metrics import classification_metrics, regression_metrics
+    from rtmoe.offline.metrics import classification_metrics, regression_metrics
     from rtmoe.checkpoint import save_checkpoint
 
     cfg = cfg or FinetuneConfig()
@@ -478,7 +478,7 @@ def load_trials(
     if (dataset is None) == (data is None):
         raise UserError("give either --dataset NAME or --data FILE.npz")
     if dataset is not None:
-        from offline.corpus.devdata import load_dev_split
+        from rtmoe.offline.corpus.devdata import load_dev_split
 
         t = load_dev_split(dataset, split)
         trials = TrialData(t.X, t.y, t.sfreq, t.ch_names, t.name)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from offline.corpus.devdata import DEV_DATASETS, load_dev_split
+from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
 from rtmoe.cli import Command, UserError
 from rtmoe.config import Config
 from rtmoe.dsp.filters import resample

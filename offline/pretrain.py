@@ -43,7 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from offline.corpus.shards import ShardCorpus, partition_recordings
+from rtmoe.offline.corpus.shards import ShardCorpus, partition_recordings
 from rtmoe.checkpoint import (
     EXPERT_KIND,
     LATEST_FILE,

@@ -13,7 +13,7 @@ Layout::
         quality.json          the signal-quality report of the session
         metrics.json          cross-validation results of every candidate setting
         confusion.png         the cross-validated confusion matrix
-    <profiles_dir>/<subject>/sessions/<id>/   raw calibration sessions (calibration.session)
+    <profiles_dir>/<subject>/sessions/<id>/   raw calibration sessions (rtmoe.calibration.session)
 
 The newest version is the one loaded unless a version is named. A profile is refused
 for another base model (different weights sha256) or another montage (different stream

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offline.metrics import classification_metrics
+from rtmoe.offline.metrics import classification_metrics
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "accuracy.py"
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.cli import calibrate_command, profiles_command
-from calibration.epochs import epoch_recording, parse_classes, split_segments
-from calibration.fit import ea_matrix, fit_subject, stratified_folds
-from calibration.quality import line_noise_db, quality_report, timing
-from calibration.record import record_replay
-from calibration.session import Session, marker_label, read_session
+from rtmoe.calibration.cli import calibrate_command, profiles_command
+from rtmoe.calibration.epochs import epoch_recording, parse_classes, split_segments
+from rtmoe.calibration.fit import ea_matrix, fit_subject, stratified_folds
+from rtmoe.calibration.quality import line_noise_db, quality_report, timing
+from rtmoe.calibration.record import record_replay
+from rtmoe.calibration.session import Session, marker_label, read_session
 from rtmoe.checkpoint import save_checkpoint
 from rtmoe.cli import UserError
 from rtmoe.config import Config, SignalConfig
@@ -55,7 +55,7 @@ def build_trials_fif(path, split: str, n: int, seed: int = 0, labels=None, ch_na
     """Like offline/recipes/build_demo_recording.py, from a seeded shuffle of a split."""
     import mne
 
-    from offline.corpus.devdata import load_dev_split
+    from rtmoe.offline.corpus.devdata import load_dev_split
 
     t = load_dev_split("SelfRegulationSCP1", split)
     idx = np.random.default_rng(seed).permutation(len(t.y))[:n]
@@ -412,7 +412,7 @@ def test_calibrate_bad_inputs_give_clear_messages_and_keep_the_recording(
 
 
 def test_cached_expert_features_give_the_same_outputs(base_dir):
-    from calibration.fit import _FrozenFeatures, expert_features
+    from rtmoe.calibration.fit import _FrozenFeatures, expert_features
 
     model = load_pretrained(base_dir).model
     x = 0.2 * torch.randn(5, 6, 700, generator=torch.Generator().manual_seed(0))

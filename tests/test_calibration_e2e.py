@@ -21,11 +21,11 @@ pylsl = pytest.importorskip("pylsl")
 
 from test_calibration import build_trials_fif, cli, make_base_model  # noqa: E402
 
-from calibration.cli import calibrate_command  # noqa: E402
-from calibration.epochs import epoch_recording  # noqa: E402
-from calibration.fit import evaluate, predict_proba  # noqa: E402
-from calibration.record import MarkerInlet, record_replay  # noqa: E402
-from calibration.session import Session, read_session  # noqa: E402
+from rtmoe.calibration.cli import calibrate_command  # noqa: E402
+from rtmoe.calibration.epochs import epoch_recording  # noqa: E402
+from rtmoe.calibration.fit import evaluate, predict_proba  # noqa: E402
+from rtmoe.calibration.record import MarkerInlet, record_replay  # noqa: E402
+from rtmoe.calibration.session import Session, read_session  # noqa: E402
 from rtmoe.config import RuntimeConfig  # noqa: E402
 from rtmoe.models.pretrained import load_pretrained  # noqa: E402
 from rtmoe.profiles import apply_alignment, load_profile  # noqa: E402

@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from offline.corpus import InputError
-from offline.corpus.build import build_corpus, build_dev_corpus
-from offline.corpus.cli import command
-from offline.corpus.devdata import DEV_CH_NAMES, dev_data_dir, dev_ts_path, load_dev_split
-from offline.corpus.preprocess import (
+from rtmoe.offline.corpus import InputError
+from rtmoe.offline.corpus.build import build_corpus, build_dev_corpus
+from rtmoe.offline.corpus.cli import command
+from rtmoe.offline.corpus.devdata import DEV_CH_NAMES, dev_data_dir, dev_ts_path, load_dev_split
+from rtmoe.offline.corpus.preprocess import (
     preprocess,
     preprocess_array,
     segment,
     select_channels,
 )
-from offline.corpus.readers import Recording, find_recordings, read_recording
-from offline.corpus.shards import ShardCorpus, ShardWriter, partition_recordings
-from offline.corpus.ts import read_ts
+from rtmoe.offline.corpus.readers import Recording, find_recordings, read_recording
+from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter, partition_recordings
+from rtmoe.offline.corpus.ts import read_ts
 from rtmoe.cli import UserError
 from rtmoe.config import TEN_TWENTY_19, Config, CorpusConfig, SignalConfig, to_dict
 from rtmoe.runtime.channels import canonical_name

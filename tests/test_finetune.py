@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from offline import evaluate as evaluate_mod
-from offline import finetune as finetune_mod
-from offline.evaluate import evaluate
-from offline.finetune import (
+from rtmoe.offline import evaluate as evaluate_mod
+from rtmoe.offline import finetune as finetune_mod
+from rtmoe.offline.evaluate import evaluate
+from rtmoe.offline.finetune import (
     encode_labels,
     finetune,
     init_fresh_batchnorm,
@@ -329,7 +329,7 @@ def test_cli_finetune_and_evaluate(experts, data, tmp_path, capsys):
 
 
 def test_scp1_keeps_its_slow_potentials():
-    from offline.corpus.devdata import load_dev_split
+    from rtmoe.offline.corpus.devdata import load_dev_split
 
     trials = load_dev_split("SelfRegulationSCP1", "train")
     X = trials.X[:8]

@@ -208,7 +208,7 @@ def test_player_argument_errors():
 
 
 def _dev_test_split():
-    devdata = pytest.importorskip("offline.corpus.devdata")
+    devdata = pytest.importorskip("rtmoe.offline.corpus.devdata")
     try:
         return devdata.load_dev_split("SelfRegulationSCP1", "test")
     except FileNotFoundError as err:
@@ -244,7 +244,7 @@ def test_demo_streams_with_a_marker_per_trial():
 
 def test_build_demo_recording(tmp_path):
     trials = _dev_test_split()
-    from offline.recipes.build_demo_recording import build_demo_recording
+    from rtmoe.offline.recipes.build_demo_recording import build_demo_recording
 
     path = build_demo_recording(tmp_path / "two_eeg.fif.gz", n_trials=2)
     replay = load_replay(path)

@@ -21,8 +21,8 @@ zmq = pytest.importorskip("zmq")
 
 from test_runtime import MODEL_CHANS, Pusher, _cfg, _drain, _save_model, _subscriber  # noqa: E402
 
-from plugins.lsl_out import LslOut  # noqa: E402
-from plugins.stages import Accumulate, Smooth  # noqa: E402
+from rtmoe.plugins.lsl_out import LslOut  # noqa: E402
+from rtmoe.plugins.stages import Accumulate, Smooth  # noqa: E402
 from rtmoe.cli import main  # noqa: E402
 from rtmoe.runtime import Runtime  # noqa: E402
 from rtmoe.runtime.plugins import (  # noqa: E402
@@ -113,8 +113,8 @@ def test_spec_syntax():
         "accumulate",
         {"threshold": "2", "leak": "0.1"},
     )
-    assert parse_spec("plugins.stages:Smooth") == ("plugins.stages:Smooth", {})
-    assert parse_spec("plugins.stages:Smooth:alpha=1") == ("plugins.stages:Smooth", {"alpha": "1"})
+    assert parse_spec("rtmoe.plugins.stages:Smooth") == ("rtmoe.plugins.stages:Smooth", {})
+    assert parse_spec("rtmoe.plugins.stages:Smooth:alpha=1") == ("rtmoe.plugins.stages:Smooth", {"alpha": "1"})
     with pytest.raises(PluginError, match=r"'alpha' is not key=value"):
         parse_spec("smooth:beta=1,alpha")
     with pytest.raises(PluginError, match="gives argument 'alpha' twice"):
@@ -124,20 +124,20 @@ def test_spec_syntax():
 
 
 def test_typed_arguments_and_clear_errors_for_bad_ones():
-    smooth = load_plugin("plugins.stages:Smooth:alpha=0.25")
+    smooth = load_plugin("rtmoe.plugins.stages:Smooth:alpha=0.25")
     assert isinstance(smooth, Smooth) and smooth.alpha == 0.25
-    acc = load_plugin("plugins.stages:Accumulate:threshold=2,leak=0")
+    acc = load_plugin("rtmoe.plugins.stages:Accumulate:threshold=2,leak=0")
     assert (acc.threshold, acc.leak) == (2.0, 0.0) and isinstance(acc.threshold, float)
-    out = load_plugin("plugins.lsl_out:LslOut:name=x,type=Y")
+    out = load_plugin("rtmoe.plugins.lsl_out:LslOut:name=x,type=Y")
     assert (out.name, out.type, out.source_id) == ("x", "Y", "")
     with pytest.raises(PluginError, match=r"alpha='abc' is not a float.*alpha: float = 0\.3"):
-        load_plugin("plugins.stages:Smooth:alpha=abc")
+        load_plugin("rtmoe.plugins.stages:Smooth:alpha=abc")
     with pytest.raises(PluginError, match=r"no argument 'beta'; it accepts: alpha: float = 0\.3"):
-        load_plugin("plugins.stages:Smooth:beta=1")
+        load_plugin("rtmoe.plugins.stages:Smooth:beta=1")
     with pytest.raises(PluginError, match=r"alpha=2\.0 is outside \(0, 1\]"):
-        load_plugin("plugins.stages:Smooth:alpha=2")
+        load_plugin("rtmoe.plugins.stages:Smooth:alpha=2")
     with pytest.raises(PluginError, match=r"cannot load 'plugins\.stages:Nope'"):
-        load_plugin("plugins.stages:Nope")
+        load_plugin("rtmoe.plugins.stages:Nope")
     with pytest.raises(PluginError, match="neither process"):
         load_plugin("collections:OrderedDict")
     with pytest.raises(PluginError, match="neither process"):
@@ -182,7 +182,7 @@ def test_cli_reports_unknown_plugins_and_bad_arguments(capsys):
     assert main(["stream", "--lsl", "none", "--plugin", "no-such-plugin"]) == 2
     err = capsys.readouterr().err
     assert "rtmoe stream: error:" in err and "no plugin named 'no-such-plugin'; installed:" in err
-    assert main(["stream", "--lsl", "none", "--plugin", "plugins.stages:Smooth:alpha=x"]) == 2
+    assert main(["stream", "--lsl", "none", "--plugin", "rtmoe.plugins.stages:Smooth:alpha=x"]) == 2
     assert "alpha='x' is not a float" in capsys.readouterr().err
 
 
@@ -227,7 +227,7 @@ def test_a_raising_plugin_is_disabled_once_with_a_message_and_the_rest_goes_on()
     err = io.StringIO()
     recorder, raiser, sink = Recorder(), RaiseOnThird(), BrokenSink()
     runner = PluginRunner(
-        [raiser, "plugins.stages:Smooth:alpha=0.5", WrongReturn(), recorder, sink], stderr=err
+        [raiser, "rtmoe.plugins.stages:Smooth:alpha=0.5", WrongReturn(), recorder, sink], stderr=err
     )
     runner.open(CONTEXT)
     outs = []
@@ -269,9 +269,9 @@ def test_lsl_out_carries_the_zmq_decodes_and_a_failing_stage_does_not_stop_the_s
         subject_id="S01",
         plugins=[
             recorder,
-            "plugins.stages:Smooth:alpha=0.5",
+            "rtmoe.plugins.stages:Smooth:alpha=0.5",
             raiser,
-            f"plugins.lsl_out:LslOut:name={out_name}",
+            f"rtmoe.plugins.lsl_out:LslOut:name={out_name}",
         ],
     )
     found = pylsl.resolve_byprop("name", out_name, timeout=3.0)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import offline.pretrain as pt
-from offline.corpus.devdata import DEV_DATASETS, load_dev_split
-from offline.corpus.preprocess import preprocess_array
-from offline.corpus.shards import ShardCorpus, ShardWriter
+import rtmoe.offline.pretrain as pt
+from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
+from rtmoe.offline.corpus.preprocess import preprocess_array
+from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter
 from rtmoe.checkpoint import LATEST_FILE, load_checkpoint, load_model
 from rtmoe.cli import main
 from rtmoe.config import Config, PretrainConfig, save_config, to_dict

@@ -55,8 +55,8 @@ def test_path_is_accepted_and_unknown_names_are_listed(default):
 def test_default_decodes_real_scp1_test_trials(default):
     # 60 test trials (30 per class): chance is 0.5; the card reports ~0.85 on all 293.
     # With 60 trials, 0.7 is > 3 standard errors above chance.
-    from offline.corpus.devdata import load_dev_split
-    from offline.evaluate import evaluate
+    from rtmoe.offline.corpus.devdata import load_dev_split
+    from rtmoe.offline.evaluate import evaluate
 
     test = load_dev_split("SelfRegulationSCP1", "test")
     rng = np.random.default_rng(0)

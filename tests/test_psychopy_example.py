@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from plugins.psychopy import BarView, DecodeFeedback
-from plugins.psychopy.neurofeedback import main
+from rtmoe.plugins.psychopy import BarView, DecodeFeedback
+from rtmoe.plugins.psychopy.neurofeedback import main
 from rtmoe.transport.messages import DecodeMessage
 from rtmoe.transport.publisher import ZmqPublisher
 
 pylsl = pytest.importorskip("pylsl")
 
-from plugins.markers import MarkerOutlet  # noqa: E402
+from rtmoe.plugins.markers import MarkerOutlet  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ("left_hand", "right_hand", "feet")
@@ -60,7 +60,7 @@ def unique(prefix: str) -> str:
 
 def test_component_and_example_import_without_psychopy_rtmoe_or_torch():
     code = (
-        "import sys; import plugins.psychopy.neurofeedback, plugins.markers; "
+        "import sys; import rtmoe.plugins.psychopy.neurofeedback, rtmoe.plugins.markers; "
         "print(sorted(m for m in ('psychopy', 'rtmoe', 'torch', 'pylsl') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -210,8 +210,8 @@ def test_headless_without_a_runtime_fails_clearly(capsys):
 
 
 def test_decode_feedback_without_pylsl_uses_receive_age(monkeypatch):
-    import plugins.psychopy as component
-    import plugins.subscriber as subscriber_module
+    import rtmoe.plugins.psychopy as component
+    import rtmoe.plugins.subscriber as subscriber_module
 
     monkeypatch.setattr(component, "lsl_clock", lambda: None)
     monkeypatch.setattr(subscriber_module, "lsl_clock", lambda: None)

@@ -1,4 +1,4 @@
-"""plugins.subscriber against the real ZmqPublisher on random 127.0.0.1 ports.
+"""rtmoe.plugins.subscriber against the real ZmqPublisher on random 127.0.0.1 ports.
 
 Every receive is bounded by a timeout; the parser is checked against
 rtmoe.transport.messages and the JSON Schemas so the two cannot drift.
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-import plugins.subscriber as subscriber_module
-from plugins.subscriber import Decode, ProtocolError, Status, Subscriber, parse
+import rtmoe.plugins.subscriber as subscriber_module
+from rtmoe.plugins.subscriber import Decode, ProtocolError, Status, Subscriber, parse
 from rtmoe.transport import messages
 from rtmoe.transport.messages import DecodeMessage, StatusMessage
 from rtmoe.transport.publisher import ZmqPublisher
@@ -91,7 +91,7 @@ def handshake(pub: ZmqPublisher, sub: Subscriber) -> None:
 
 def test_client_imports_only_pyzmq_and_stdlib():
     code = (
-        "import sys; before = set(sys.modules); import plugins.subscriber; "
+        "import sys; before = set(sys.modules); import rtmoe.plugins.subscriber; "
         "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
         "print(sorted(n for n in new - set(sys.stdlib_module_names) - {'zmq', 'plugins'} "
         "if 'cython' not in n))"  # pyzmq's compiled backend registers Cython's modules

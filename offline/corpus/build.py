@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from offline.corpus import InputError
-from offline.corpus.devdata import DEV_DATASETS, load_dev_split
-from offline.corpus.preprocess import (
+from rtmoe.offline.corpus import InputError
+from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
+from rtmoe.offline.corpus.preprocess import (
     check_sfreq,
     keep_mask,
     preprocess,
     preprocess_array,
     segment,
 )
-from offline.corpus.readers import find_recordings, read_recording
-from offline.corpus.shards import ShardCorpus, ShardWriter
+from rtmoe.offline.corpus.readers import find_recordings, read_recording
+from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter
 from rtmoe.config import Config, to_dict
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from offline.corpus import InputError
+from rtmoe.offline.corpus import InputError
 from rtmoe.runtime.channels import canonical_name
 
 

@@ -39,7 +39,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from offline.corpus.build import build_corpus, build_dev_corpus
+    from rtmoe.offline.corpus.build import build_corpus, build_dev_corpus
 
     if args.dev and args.inputs:
         raise UserError("give either INPUT files or --dev, not both")

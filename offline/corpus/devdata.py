@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.corpus import InputError
-from offline.corpus.ts import read_ts
+from rtmoe.offline.corpus import InputError
+from rtmoe.offline.corpus.ts import read_ts
 
 DEV_DATASETS: tuple[str, ...] = ("SelfRegulationSCP1", "FingerMovements")
 

@@ -9,9 +9,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from offline.corpus import InputError
-from offline.corpus.channels import match_channels
-from offline.corpus.readers import Recording
+from rtmoe.offline.corpus import InputError
+from rtmoe.offline.corpus.channels import match_channels
+from rtmoe.offline.corpus.readers import Recording
 from rtmoe.config import CorpusConfig, SignalConfig
 from rtmoe.dsp.filters import apply_filter, design_filter, filter_state, resample
 

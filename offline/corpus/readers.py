@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.corpus import InputError
-from offline.corpus.channels import match_channels
+from rtmoe.offline.corpus import InputError
+from rtmoe.offline.corpus.channels import match_channels
 
 #: File endings read as recordings. BrainVision is read from its header (.vhdr), which
 #: names the .eeg/.vmrk files beside it; EEGLAB's .set may point at a .fdt.

@@ -4,7 +4,7 @@ Trials of one split are concatenated in their stored order, with one annotation 
 (onset at its first sample, duration one trial, description its class label), so that
 ``rtmoe play`` streams them with a labelled marker per trial::
 
-    python -m offline.recipes.build_demo_recording [--out rtmoe/data/demo_scp1_eeg.fif.gz]
+    python -m rtmoe.offline.recipes.build_demo_recording [--out rtmoe/data/demo_scp1_eeg.fif.gz]
 
 Samples are stored as float32 in V (MNE's FIF "single" format) and gzipped: all 293
 SelfRegulationSCP1 test trials take ~1.8 MB. Provenance goes into the file's description.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.corpus.devdata import load_dev_split
+from rtmoe.offline.corpus.devdata import load_dev_split
 from rtmoe.stream.replay import DEMO_FILENAME
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "rtmoe" / "data" / DEMO_FILENAME

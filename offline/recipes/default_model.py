@@ -1,4 +1,4 @@
-"""Recipe of the shipped default model: ``python -m offline.recipes.default_model --out DIR``.
+"""Recipe of the shipped default model: ``python -m rtmoe.offline.recipes.default_model --out DIR``.
 
 One command, four stages, each skipped when its output already exists (so an
 interrupted run continues where it stopped)::
@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from offline.corpus.build import build_dev_corpus
-from offline.corpus.devdata import load_dev_split
-from offline.evaluate import evaluate
-from offline.finetune import TASK_SIGNALS, finetune
-from offline.pretrain import pretrain_expert
+from rtmoe.offline.corpus.build import build_dev_corpus
+from rtmoe.offline.corpus.devdata import load_dev_split
+from rtmoe.offline.evaluate import evaluate
+from rtmoe.offline.finetune import TASK_SIGNALS, finetune
+from rtmoe.offline.pretrain import pretrain_expert
 from rtmoe.checkpoint import LATEST_FILE
 from rtmoe.config import Config, load_config
 from rtmoe.models.pretrained import pretrained_path
@@ -137,7 +137,7 @@ notch 50 Hz, **no high-pass** (the classes live below 1 Hz), amplitude in units 
 100 µV. The runtime applies the same settings from the checkpoint's `config.toml`.
 
 ## Data and recipe
-`python -m offline.recipes.default_model --out runs/default --install`
+`python -m rtmoe.offline.recipes.default_model --out runs/default --install`
 (settings: `offline/recipes/default_model.toml`; runtime on 2 shared CPU cores:
 {runtime}).
 1. Pretraining corpus: the TRAIN splits of SelfRegulationSCP1 (268 trials) and

@@ -1,6 +1,6 @@
 """PsychoPy integration: read the newest rtmoe decode once per frame.
 
-:class:`DecodeFeedback` is the component: it keeps a :class:`~plugins.subscriber.Subscriber`
+:class:`DecodeFeedback` is the component: it keeps a :class:`~rtmoe.plugins.subscriber.Subscriber`
 receiving on a background thread (so the runtime never sees a slow subscriber, however
 long a frame takes) and turns the newest decode into a :class:`FeedbackFrame` each frame.
 It needs pyzmq and the standard library only; PsychoPy is needed only to draw
@@ -9,7 +9,7 @@ It needs pyzmq and the standard library only; PsychoPy is needed only to draw
 In a Builder experiment, use a Code component::
 
     # Begin Experiment
-    from plugins.psychopy import DecodeFeedback
+    from rtmoe.plugins.psychopy import DecodeFeedback
     feedback = DecodeFeedback("tcp://127.0.0.1:5556", max_age_s=0.5, smoothing=0.5)
     # Begin Routine
     feedback.reset()
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from plugins.subscriber import DEFAULT_ADDRESS, Subscriber, lsl_clock
+from rtmoe.plugins.subscriber import DEFAULT_ADDRESS, Subscriber, lsl_clock
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ JSON line; a summary follows at the end.
 With PsychoPy installed it opens a window (Escape quits); ``--headless`` needs no
 PsychoPy and logs what it would draw instead::
 
-    python -m plugins.psychopy.neurofeedback --headless --duration-s 10 --log nf.jsonl
+    python -m rtmoe.plugins.psychopy.neurofeedback --headless --duration-s 10 --log nf.jsonl
 
 Needs pyzmq; pylsl for the markers (``--no-markers`` without it) and for LSL-time
 staleness (without it, the age since receipt is used and logged as such).
@@ -24,8 +24,8 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from plugins.psychopy import BarView, DecodeFeedback
-from plugins.subscriber import DEFAULT_ADDRESS, Subscriber
+from rtmoe.plugins.psychopy import BarView, DecodeFeedback
+from rtmoe.plugins.subscriber import DEFAULT_ADDRESS, Subscriber
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     markers = None
     if not args.no_markers:  # first: a missing pylsl fails before any socket is open
-        from plugins.markers import MarkerOutlet
+        from rtmoe.plugins.markers import MarkerOutlet
 
         markers = MarkerOutlet(args.marker_stream)
     subscriber = Subscriber(args.address)

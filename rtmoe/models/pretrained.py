@@ -3,7 +3,7 @@
 Each lives in ``rtmoe/data/models/<name>/`` as an ordinary ``specmoe`` checkpoint
 (``config.toml``, ``meta.json``, ``model.safetensors``) plus a ``MODEL_CARD.md`` that
 states its data, recipe, test metrics and limits. The recipe that writes the default
-one is ``python -m offline.recipes.default_model --out runs/default --install``.
+one is ``python -m rtmoe.offline.recipes.default_model --out runs/default --install``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def pretrained_path(name: str, *, must_exist: bool = True) -> Path:
     if must_exist and not (path / "model.safetensors").is_file():
         raise FileNotFoundError(
             f"shipped model {name!r} has no weights at {path}; reinstall rtmoe with its package "
-            "data, or rebuild it with `python -m offline.recipes.default_model --out "
+            "data, or rebuild it with `python -m rtmoe.offline.recipes.default_model --out "
             "runs/default --install`"
         )
     return path
