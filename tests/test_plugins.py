@@ -136,7 +136,7 @@ def test_typed_arguments_and_clear_errors_for_bad_ones():
         load_plugin("rtmoe.plugins.stages:Smooth:beta=1")
     with pytest.raises(PluginError, match=r"alpha=2\.0 is outside \(0, 1\]"):
         load_plugin("rtmoe.plugins.stages:Smooth:alpha=2")
-    with pytest.raises(PluginError, match=r"cannot load 'plugins\.stages:Nope'"):
+    with pytest.raises(PluginError, match=r"cannot load 'rtmoe\.plugins\.stages:Nope'"):
         load_plugin("rtmoe.plugins.stages:Nope")
     with pytest.raises(PluginError, match="neither process"):
         load_plugin("collections:OrderedDict")
