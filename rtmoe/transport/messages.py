@@ -172,7 +172,8 @@ class StatusMessage:
     decodes : int
         Decode messages handed to the publisher (sent or dropped).
     publish_drops : int
-        Messages not sent because a subscriber's queue was full.
+        Messages that reached no subscriber because the publisher could not send them
+        (a full subscriber queue drops for that subscriber only, seen there as seq gaps).
     uptime_s : float
         Seconds since the runtime started.
     published_lsl_s : float

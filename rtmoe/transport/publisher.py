@@ -1,10 +1,11 @@
 """ZeroMQ publisher of decode and status messages; never blocks the real-time loop.
 
-The socket is an XPUB with ``ZMQ_XPUB_NODROP``: a plain PUB drops silently when a
-subscriber's queue is full, XPUB with NODROP instead refuses the send (``zmq.Again``),
-which is how the drop counter reported on the status topic is kept. The price, stated in
-docs/protocol.md: while any subscriber's queue is full (``sndhwm`` messages waiting at
-the publisher, after its socket buffers filled), that message reaches no subscriber.
+The socket is a plain PUB: when one subscriber's queue is full (``sndhwm`` messages
+waiting at the publisher, after its socket buffers filled) ZeroMQ drops the message for
+that subscriber only; every other subscriber still gets it. A stuck subscriber therefore
+costs only itself. Those per-subscriber drops are invisible to the publisher (a subscriber
+sees them as ``seq`` gaps); :attr:`ZmqPublisher.dropped` counts only messages that could
+not be handed to ZeroMQ at all, i.e. reached no subscriber (see docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def is_loopback_address(address: str) -> bool:
 
 
 class ZmqPublisher:
-    """Bound XPUB socket that publishes :mod:`rtmoe.transport.messages` non-blockingly.
+    """Bound PUB socket that publishes :mod:`rtmoe.transport.messages` non-blockingly.
 
     Parameters
     ----------
@@ -57,7 +58,8 @@ class ZmqPublisher:
         Allow an endpoint reachable from other machines (e.g. ``tcp://*:5556``). The
         messages are unauthenticated and unencrypted, so this is an explicit choice.
     sndhwm : int
-        Messages queued per subscriber before sends are refused and counted as drops.
+        Messages queued per subscriber; beyond it ZeroMQ drops messages for that
+        subscriber only (not counted here: the publisher cannot see them).
     single_frame : bool
         Send ``topic + b" " + json`` as one frame instead of ``[topic, json]``, for
         subscribers that set ``ZMQ_CONFLATE`` (which cannot carry multipart messages).
@@ -103,9 +105,8 @@ class ZmqPublisher:
         self.sent = 0
         self.dropped = 0
         context = context if context is not None else zmq.Context.instance()
-        socket = context.socket(zmq.XPUB)
+        socket = context.socket(zmq.PUB)
         try:
-            socket.setsockopt(zmq.XPUB_NODROP, 1)
             socket.setsockopt(zmq.SNDHWM, sndhwm)
             socket.setsockopt(zmq.LINGER, linger_ms)
             if "[" in address:  # tcp://[::1]:port needs IPv6 enabled on the socket
@@ -126,24 +127,26 @@ class ZmqPublisher:
         Returns
         -------
         bool
-            True if queued for every subscriber; False if a subscriber's queue was full,
-            in which case nothing was sent and :attr:`dropped` was incremented.
+            True if handed to ZeroMQ (each subscriber whose queue has room gets it; a
+            subscriber with a full queue misses it, unseen here); False if ZeroMQ refused
+            the send altogether, in which case no subscriber gets it and :attr:`dropped`
+            was incremented.
         """
         socket = self._socket
         if socket is None:
             raise RuntimeError("publish() called after close(); create a new ZmqPublisher")
         zmq = self._zmq
-        # XPUB receives one message per (un)subscription; they queue without bound
-        # unless read, so read them here (normally none: one cheap option read).
-        while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            socket.recv(zmq.NOBLOCK)
+        # Reading an option makes ZeroMQ process its pending commands now instead of
+        # (throttled) at some later send, among them the read-progress notes of each
+        # subscriber's queue, so a subscriber that keeps up is never taken for full.
+        socket.getsockopt(zmq.EVENTS)
         try:
             if self.single_frame:
                 socket.send(encode_single_frame(msg), zmq.NOBLOCK)
             else:
                 topic, payload = encode(msg)
                 socket.send(topic, zmq.NOBLOCK | zmq.SNDMORE)
-                # The first frame went through, so the pipe accepts the rest.
+                # PUB never refuses mid-message: a peer either gets all frames or none.
                 socket.send(payload, zmq.NOBLOCK)
         except zmq.Again:
             self.dropped += 1
