@@ -2,9 +2,10 @@
 
 Trials in µV are preprocessed by the same function as the pretraining corpora and the
 live path (resample to ``signal.sfreq``, causal filter, divide by ``signal.unit_uv``),
-with a per-task :class:`SignalConfig` (``TASK_SIGNALS``: SelfRegulationSCP1 keeps its
-slow potentials). A stratified, seeded validation split is carved from the training
-trials; the epoch with the best validation weighted F1 (regression: lowest RMSE) is
+with the :class:`SignalConfig` the caller gives (``rtmoe finetune``: the ``[signal]`` of
+``--config``, by default the shipped recipe's, never chosen from a file name).
+A stratified, seeded validation split is carved from the training trials; the epoch
+with the best validation weighted F1 (regression: lowest RMSE) is
 saved as a ``specmoe`` checkpoint holding everything needed to decode live: weights,
 the signal/spectral/expert config, electrodes, window length and label map.
 
@@ -40,8 +41,10 @@ from rtmoe.models.specmoe import (
     specmoe_meta,
 )
 
-#: Preprocessing of the development tasks (DATA.md). SCP1's classes live below 1 Hz, so
-#: no high-pass; FingerMovements is sampled at 100 Hz, so nothing above its 50 Hz
+#: Preprocessing the recipe and bench use per development task (chosen by task, never by
+#: file name; the CLI takes its filters from ``--config`` and the options). SCP1's
+#: classes live below 1 Hz, so no high-pass; FingerMovements is sampled at 100 Hz, so
+#: nothing above its 50 Hz
 #: Nyquist limit can be filtered, and its readiness potential is slow too.
 TASK_SIGNALS: dict[str, SignalConfig] = {
     "SelfRegulationSCP1": SignalConfig(l_freq=None, h_freq=75.0, notch_freq=50.0),
@@ -77,6 +80,7 @@ class FinetuneResult:
     history: list[dict[str, Any]]
     best_epoch: int
     checkpoint: Path | None
+    stopped: str = "completed"  # or "early stop" / "time budget": why training ended
 
     @property
     def best(self) -> dict[str, Any]:
@@ -337,6 +341,14 @@ def finetune(
             f"{len(y)} labels for {len(X)} trials; give one label per trial (check the label "
             "file belongs to this data)"
         )
+    check_filters_below_nyquist(signal, sfreq)
+    n_model = int(np.ceil(X.shape[-1] * signal.sfreq / sfreq))
+    if n_model < MIN_TRIAL_S * signal.sfreq:
+        raise ValueError(
+            f"trials of {X.shape[-1]} samples at {sfreq:g} Hz ({X.shape[-1] / sfreq:g} s) are "
+            f"shorter than the model's minimum window of {MIN_TRIAL_S:g} s; give longer "
+            "trials (epoch the recording with a longer window)"
+        )
     if regression:
         targets = np.asarray(y, dtype=np.float32).reshape(len(X), -1)
         strata, label_map = np.zeros(len(X), dtype=np.int64), ()
@@ -389,6 +401,7 @@ def finetune(
     history: list[dict[str, Any]] = []
     best_key, best_state, best_epoch = None, None, 0
     started = time.monotonic()
+    stopped = "completed"
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"finetune {task_name}", disable=not progress)
     for epoch in bar:
         frozen = epoch <= cfg.freeze_epochs
@@ -434,8 +447,11 @@ def finetune(
         score = "rmse" if regression else "weighted_f1"
         bar.set_postfix(loss=f"{val_loss:.3f}", **{score: f"{metrics[score]:.3f}"})
         if cfg.early_stop_patience is not None and epoch - best_epoch >= cfg.early_stop_patience:
+            stopped = "early stop"
             break
         if cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes:
+            if epoch < cfg.epochs:
+                stopped = "time budget"
             break
     bar.close()
     model.load_state_dict(best_state)
@@ -448,11 +464,58 @@ def finetune(
             "history": history,
             "n_train": len(train_idx),
             "n_val": len(val_idx),
+            "stopped": stopped,
             "experts": [str(Path(p).resolve()) for p in experts],
         }
         config = config.replace(moe=moe, finetune=cfg)
         checkpoint = save_checkpoint(out, model, config, kind=SPECMOE_KIND, meta=meta)
-    return FinetuneResult(model, config, task, moe, history, best_epoch, checkpoint)
+    return FinetuneResult(model, config, task, moe, history, best_epoch, checkpoint, stopped)
+
+
+#: Shortest trial the model is fine-tuned on: below it the gate's Welch PSD holds a handful
+#: of bins (0.25 s: 26 at 200 Hz) and the experts' downsampling leaves almost nothing.
+MIN_TRIAL_S = 0.25
+
+
+def check_filters_below_nyquist(signal: SignalConfig, sfreq: float) -> None:
+    """Refuse filters at or above the recording's Nyquist frequency.
+
+    Resampling up to ``signal.sfreq`` adds no content above ``sfreq / 2``, so such a
+    filter does nothing there: a sign the settings were meant for another recording.
+
+    Raises
+    ------
+    ValueError
+        Naming the filters and the options that fix it.
+    """
+    nyquist = sfreq / 2
+    bad = {
+        name: value
+        for name, value in (
+            ("l_freq", signal.l_freq), ("h_freq", signal.h_freq), ("notch_freq", signal.notch_freq)
+        )
+        if value is not None and value >= nyquist
+    }  # fmt: skip
+    if bad:
+        listed = ", ".join(f"{k}={v:g} Hz" for k, v in bad.items())
+        fix = " ".join(f"--{k.replace('_', '-')} none" for k in bad)
+        raise ValueError(
+            f"{listed} at or above the recording's Nyquist frequency {nyquist:g} Hz (sfreq "
+            f"{sfreq:g} Hz): nothing there to filter; pass {fix} (or values below "
+            f"{nyquist:g} Hz)"
+        )
+
+
+def describe_filters(signal: SignalConfig) -> str:
+    """One line naming the preprocessing, e.g. ``high-pass 0.3 Hz, low-pass none, ...``."""
+
+    def hz(value: float | None) -> str:
+        return "none" if value is None else f"{value:g} Hz"
+
+    return (
+        f"high-pass {hz(signal.l_freq)}, low-pass {hz(signal.h_freq)}, notch "
+        f"{hz(signal.notch_freq)}, resampled to {signal.sfreq:g} Hz"
+    )
 
 
 @dataclass(frozen=True)
@@ -498,6 +561,11 @@ def load_trials(
         labels = tuple(
             line.strip() for line in Path(labels_file).read_text().splitlines() if line.strip()
         )
+        if len(set(labels)) < 2 or len(set(labels)) != len(labels):
+            raise UserError(
+                f"label file {labels_file} lists {list(labels)}; it needs at least two "
+                "distinct class names, one per line, in output order"
+            )
     return trials, labels
 
 
@@ -505,14 +573,56 @@ def _optional_float(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
+def _optional_int(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
+def recipe_path() -> Path:
+    """The shipped default model's recipe TOML: the single source of the CLI's defaults."""
+    from rtmoe.offline import recipes
+
+    return Path(recipes.__file__).with_name("default_model.toml")
+
+
+class _DataOption(argparse.Action):
+    """Stores ``--data``/``--split``; both on one command line is an argparse error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, "_data_options_given", set()) | {self.dest}
+        namespace._data_options_given = given
+        if {"data", "split"} <= given:
+            parser.error(
+                "--split applies to --dataset only; an --data FILE.npz is used whole (save "
+                "each split to its own file)"
+            )
+        setattr(namespace, self.dest, values)
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
     """``--dataset``/``--data``/``--split``, shared by finetune and evaluate."""
-    parser.add_argument("--dataset", help="development data set name (DATA.md)")
-    parser.add_argument("--data", type=Path, help=".npz with X (µV), y, sfreq, ch_names")
-    parser.add_argument("--split", choices=("train", "test"), default=default_split)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--dataset", help="development data set name (SelfRegulationSCP1, FingerMovements)"
+    )
+    source.add_argument(
+        "--data", type=Path, action=_DataOption, help=".npz with X (µV), y, sfreq, ch_names"
+    )
+    parser.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default=default_split,
+        action=_DataOption,
+        help="split of --dataset (not with --data); default: %(default)s",
+    )
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    recipe = load_config(recipe_path())
+    ft, moe = recipe.finetune, recipe.moe
+    parser.description = (
+        "Fine-tune SpecMoE on labelled trials. Every default is the shipped recipe "
+        f"({recipe_path().name}): --config replaces it whole, options override single values."
+    )
     add_data_arguments(parser, "train")
     parser.add_argument("--labels", type=Path, help="label file: one class name per line")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory")
@@ -520,52 +630,121 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--experts", type=Path, nargs="*", default=[], help="pretrained expert checkpoints"
     )
     parser.add_argument(
-        "--model-name", default="small", help="expert size without --experts (from scratch)"
+        "--model-name",
+        help=f"expert size without --experts (from scratch); default: --config's "
+        f"[model] name ({recipe.model.name})",
     )
-    parser.add_argument("--config", type=Path, help="TOML config (signal section) to start from")
-    for name in ("l-freq", "h-freq", "notch-freq"):
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=recipe_path(),
+        help="TOML whose [signal], [model], [moe] and [finetune] give the defaults "
+        "(sections it lacks: the built-in defaults); default: the shipped recipe %(default)s",
+    )
+    for name, value in (
+        ("l-freq", recipe.signal.l_freq),
+        ("h-freq", recipe.signal.h_freq),
+        ("notch-freq", recipe.signal.notch_freq),
+    ):
         parser.add_argument(
-            f"--{name}", type=_optional_float, default=argparse.SUPPRESS, help="Hz or 'none'"
+            f"--{name}",
+            type=_optional_float,
+            default=argparse.SUPPRESS,
+            help=f"Hz or 'none'; default: --config's [signal] ({value or 'none'})",
         )
-    defaults, moe = FinetuneConfig(), MoEConfig()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--freeze-epochs", type=int, default=defaults.freeze_epochs)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    parser.add_argument("--early-stop", type=int, help="epochs without a better val score")
-    parser.add_argument("--max-minutes", type=float, help="time budget")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--n-experts", type=int, default=moe.n_experts, help="without --experts")
+    options = (
+        ("epochs", int, ft.epochs, "maximum epochs"),
+        ("lr", float, ft.lr, "learning rate"),
+        ("batch-size", int, ft.batch_size, "trials per batch"),
+        ("val-fraction", float, ft.val_fraction, "share of trials held out for validation"),
+        ("seed", int, ft.seed, "seed of the split, initialisation and batches"),
+    )
+    for name, type_, value, text in options:
+        parser.add_argument(
+            f"--{name}", type=type_, help=f"{text}; default: --config's [finetune] ({value})"
+        )
+    parser.add_argument(
+        "--freeze-epochs",
+        type=int,
+        help=f"epochs with the experts frozen; default: --config's [finetune] "
+        f"({ft.freeze_epochs}) with --experts, 0 for fresh experts",
+    )
+    parser.add_argument(
+        "--early-stop",
+        type=_optional_int,
+        default=argparse.SUPPRESS,
+        help="stop after N epochs without a better validation score, or 'none'; default: "
+        f"--config's [finetune] ({ft.early_stop_patience or 'none'})",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=_optional_float,
+        default=argparse.SUPPRESS,
+        help=f"time budget, or 'none'; default: --config's [finetune] ({ft.max_minutes or 'none'})",
+    )
+    parser.add_argument(
+        "--n-experts",
+        type=int,
+        help=f"fresh experts without --experts; default: --config's [moe] ({moe.n_experts})",
+    )
     parser.add_argument("--no-psd-gate", action="store_true", help="ablation: plain concat")
-    parser.add_argument("--channel-pool", choices=("mean", "max"), default=moe.channel_pool)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--channel-pool",
+        choices=("mean", "max"),
+        help=f"default: --config's [moe] ({moe.channel_pool})",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="default: %(default)s",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _run(args: argparse.Namespace) -> int:
     trials, labels = load_trials(args.dataset, args.data, args.split, args.labels)
-    if args.config is not None:
-        signal = load_config(args.config).signal
-    else:
-        signal = TASK_SIGNALS.get(trials.name, SignalConfig())
+    base = load_config(args.config)
     # Only the filter options given on the command line override (None = "none").
     overrides = {f: getattr(args, f) for f in ("l_freq", "h_freq", "notch_freq") if f in args}
-    signal = dataclasses.replace(signal, **overrides)
+    signal = dataclasses.replace(base.signal, **overrides)
     signal.validate()
-    cfg = FinetuneConfig(
-        lr=args.lr,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        freeze_epochs=args.freeze_epochs,
-        val_fraction=args.val_fraction,
-        early_stop_patience=args.early_stop,
-        max_minutes=args.max_minutes,
-        seed=args.seed,
+    check_filters_below_nyquist(signal, trials.sfreq)
+    model_name = args.model_name or base.model.name
+    if args.experts:
+        _, expert_config = load_experts(args.experts)
+        if args.model_name is not None and expert_config.model.name != args.model_name:
+            raise UserError(
+                f"--model-name {args.model_name} but the --experts are size "
+                f"{expert_config.model.name!r}; drop --model-name or pass experts of that size"
+            )
+    ft = base.finetune
+
+    def given(name: str, default: Any) -> Any:
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    freeze = args.freeze_epochs
+    if freeze is None:
+        freeze = ft.freeze_epochs if args.experts else 0  # fresh experts: nothing to keep
+    cfg = dataclasses.replace(
+        ft,
+        lr=given("lr", ft.lr),
+        epochs=given("epochs", ft.epochs),
+        batch_size=given("batch_size", ft.batch_size),
+        freeze_epochs=freeze,
+        val_fraction=given("val_fraction", ft.val_fraction),
+        early_stop_patience=getattr(args, "early_stop", ft.early_stop_patience),
+        max_minutes=getattr(args, "max_minutes", ft.max_minutes),
+        seed=given("seed", ft.seed),
     )
-    moe = MoEConfig(
-        n_experts=args.n_experts, use_psd_gate=not args.no_psd_gate, channel_pool=args.channel_pool
+    cfg.validate()
+    moe = dataclasses.replace(
+        base.moe,
+        n_experts=given("n_experts", base.moe.n_experts),
+        use_psd_gate=base.moe.use_psd_gate and not args.no_psd_gate,
+        channel_pool=given("channel_pool", base.moe.channel_pool),
     )
+    print(f"filters: {describe_filters(signal)} (from {args.config.name} and options)")
     result = finetune(
         trials.X,
         trials.y,
@@ -573,7 +752,7 @@ def _run(args: argparse.Namespace) -> int:
         trials.ch_names,
         signal=signal,
         experts=args.experts,
-        model_name=args.model_name,
+        model_name=model_name,
         cfg=cfg,
         moe=moe,
         labels=labels,
@@ -583,9 +762,20 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     best = result.best
+    n_run = len(result.history)
+    if result.stopped == "time budget":
+        stop = f"stopped by --max-minutes {cfg.max_minutes:g} after epoch {n_run} of {cfg.epochs}"
+    elif result.stopped == "early stop":
+        stop = (
+            f"early stop after epoch {n_run} of {cfg.epochs} ({cfg.early_stop_patience} "
+            "epochs without a better validation score)"
+        )
+    else:
+        stop = f"ran all {cfg.epochs} epochs"
     print(
         f"best epoch {result.best_epoch}: val weighted F1 {best['val_weighted_f1']:.3f}, "
-        f"balanced accuracy {best['val_balanced_accuracy']:.3f}; saved {result.checkpoint}"
+        f"balanced accuracy {best['val_balanced_accuracy']:.3f}; {stop}; filters: "
+        f"{describe_filters(result.config.signal)}; saved {result.checkpoint}"
     )
     return 0
 

