@@ -500,7 +500,7 @@ def check_filters_below_nyquist(signal: SignalConfig, sfreq: float) -> None:
         listed = ", ".join(f"{k}={v:g} Hz" for k, v in bad.items())
         fix = " ".join(f"--{k.replace('_', '-')} none" for k in bad)
         raise ValueError(
-            f"{listed} at or above the recording's Nyquist frequency {nyquist:g} Hz (sfreq "
+            f"{listed}: at or above the recording's Nyquist frequency {nyquist:g} Hz (sfreq "
             f"{sfreq:g} Hz): nothing there to filter; pass {fix} (or values below "
             f"{nyquist:g} Hz)"
         )
