@@ -20,12 +20,18 @@ ring, PSD, model input and engine outputs are preallocated). On the host, the pu
 functions (resampler, ``scipy.signal.sosfilt``) return fresh arrays the size of the
 chunk (tens of samples), and each decode builds its small message object and JSON.
 
-Continuity (see `RuntimeConfig.max_gap_ms`): a timestamp step longer than ``max_gap_ms``
+Continuity (see `RuntimeConfig.max_gap_ms`): the source's timestamps are modelled
+(`rtmoe.stream.clock`: push-time jitter and small backward steps are absorbed, real gaps
+and jumps kept), and a step longer than ``max_gap_ms``
 (missing samples, a restarted outlet after a stall) or backwards starts a new segment:
 preprocessing states restart from the next sample and no window may start before it,
 so decoding resumes after one window of new samples. A stall whose samples arrive late
 but without a hole in their timestamps keeps continuity. The runtime itself never
 restarts: the LSL inlet reconnects to an outlet with the same source_id on its own.
+
+Sample values never stop it either: non-finite and absurd samples are repaired by the
+preprocessing, and a decode whose model output is still not finite is skipped and
+counted (`Runtime.nonfinite_outputs`), never published.
 """
 
 from __future__ import annotations
@@ -75,6 +81,11 @@ class RunSummary:
     decodes, skipped_windows, publish_drops : int
     samples_received, dropped_samples, gaps, stalls, resets, nonfinite_values : int
         From the source (LSL timestamps) and the preprocessing.
+    nonfinite_outputs : int
+        Decodes skipped because the model's output was not finite.
+    sfreq_mismatch : float or None
+        The sender's clock rate where it departs from the declared one
+        (`rtmoe.stream.lsl.LslSource.sfreq_mismatch`).
     latency_ms_p50, latency_ms_p99 : float
         Over the decodes kept in `Runtime.latencies_ms` (NaN without decodes).
     duration_s : float
@@ -92,6 +103,8 @@ class RunSummary:
     latency_ms_p50: float
     latency_ms_p99: float
     duration_s: float
+    nonfinite_outputs: int = 0
+    sfreq_mismatch: float | None = None
 
     def describe(self) -> str:
         return (
@@ -101,6 +114,16 @@ class RunSummary:
             f"{self.samples_received} samples, {self.gaps} gaps ({self.dropped_samples} "
             f"samples missing), {self.stalls} stalls, {self.resets} continuity resets, "
             f"{self.nonfinite_values} non-finite values repaired"
+            + (
+                f", {self.nonfinite_outputs} non-finite outputs skipped"
+                if self.nonfinite_outputs
+                else ""
+            )
+            + (
+                f"; stream runs at {self.sfreq_mismatch:.2f} Hz, not its declared rate"
+                if self.sfreq_mismatch is not None
+                else ""
+            )
         )
 
 
@@ -167,6 +190,8 @@ class Runtime:
         Model channels fed with zeros (``fill="zeros"``).
     plugins : PluginRunner
     decodes, skipped_windows : int
+    nonfinite_outputs : int
+        Windows whose model output was not finite: skipped, never published.
     state : RuntimeState
     last_decode : DecodeMessage or None
     """
@@ -252,6 +277,7 @@ class Runtime:
         self._latencies = np.zeros(n_records)
         self._pending = np.zeros(3)  # pull, preprocess, ring since the last decode
         self.decodes = self.skipped_windows = self.status_seq = 0
+        self.nonfinite_outputs = 0
         self.state = RuntimeState.WAITING
         self.last_decode: DecodeMessage | None = None
         self._segment_start = 0
@@ -331,8 +357,7 @@ class Runtime:
         if self.decodes:  # the start-up backlog (liblsl's first clock sync) is no overload
             oldest_due = max(first_end, self._last_end + self.hop)
             self.skipped_windows += max(0, (end - oldest_due) // self.hop)
-        self._decode(end)
-        return True
+        return self._decode(end)
 
     @property
     def timings(self) -> np.ndarray:
@@ -361,6 +386,8 @@ class Runtime:
             latency_ms_p50=float(p50),
             latency_ms_p99=float(p99),
             duration_s=self._clock() - self._started_s,
+            nonfinite_outputs=self.nonfinite_outputs,
+            sfreq_mismatch=src.sfreq_mismatch,
         )
 
     def console_line(self) -> str:
@@ -375,6 +402,9 @@ class Runtime:
         extra = f" filled {self.filled_channels}" if self.filled_channels else ""
         if self.plugins.disabled:
             extra += f" disabled plugins {list(self.plugins.disabled)}"
+        mismatch = self.source.sfreq_mismatch
+        if mismatch is not None:
+            extra += f" RATE {mismatch:.2f} Hz != declared {self.source.sfreq:g} Hz"
         return (
             f"{self.state.value:8s} {rate:6.1f} Hz in | decodes {self.decodes} skipped "
             f"{self.skipped_windows} gaps {self.source.n_gaps} | {decode}{extra}"
@@ -414,7 +444,7 @@ class Runtime:
         earliest = self._segment_start + self.n_times
         return -(-earliest // self.hop) * self.hop
 
-    def _decode(self, end: int) -> None:
+    def _decode(self, end: int) -> bool:
         t0 = time.perf_counter()
         psd = self.welch.update(self.ring, end)
         self._x[0].copy_(self.welch.window(self.ring))
@@ -424,6 +454,12 @@ class Runtime:
         first = float(self._stamps[(end - self.n_times) % self.capacity])
         last = float(self._stamps[(end - 1) % self.capacity])
         values = probs.tolist()
+        gate_values = gates.tolist()
+        if not all(map(math.isfinite, itertools.chain(values, gate_values))):
+            # Never publish NaN/inf; the window is consumed, the next one is tried.
+            self.nonfinite_outputs += 1
+            self._last_end = end
+            return False
         compute_ms = (t2 - t0) * 1e3
         published = self._clock()
         msg = DecodeMessage(
@@ -433,7 +469,7 @@ class Runtime:
             labels=self.labels,
             probabilities=values,
             label=self.labels[int(np.argmax(values))],
-            gates=dict(zip(self.gate_names, gates.tolist(), strict=True)),
+            gates=dict(zip(self.gate_names, gate_values, strict=True)),
             window_first_lsl_s=first,
             window_last_lsl_s=last,
             published_lsl_s=published,
@@ -459,6 +495,7 @@ class Runtime:
         self._last_end = end
         self.decodes += 1
         self.last_decode = msg
+        return True
 
     def _update_state(self) -> None:
         status = self.source.status

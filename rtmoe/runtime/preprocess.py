@@ -8,9 +8,10 @@ model was trained with, whatever the stream's rate (a 50 Hz notch designed for 1
 input would not even exist), and it runs on fewer samples. Last, signals are divided by
 ``signal.unit_uv`` into model units.
 
-Non-finite samples (NaN/inf; amplifiers send them for a lost electrode contact) are
-replaced by the channel's last finite value (zero before the first one) and counted;
-a decode never sees them and the run never stops for them.
+Non-finite samples (NaN/inf; amplifiers send them for a lost electrode contact), and
+absurd ones (``|x| > max_abs_uv``, default `MAX_ABS_UV`: a corrupt float such as 3e38
+would overflow the filters), are replaced by the channel's last good value (zero before
+the first one) and counted; a decode never sees them and the run never stops for them.
 
 Continuity. `reset` makes the next sample start a new segment: the resampler's history
 and the filter's state are set to their steady state for that sample (no step transient
@@ -31,6 +32,10 @@ from rtmoe.dsp.resample_stream import (
     resample_state,
 )
 from rtmoe.profiles import apply_alignment
+
+#: Largest plausible magnitude of a raw sample, µV (1 V): far beyond EEG and the DC
+#: offsets of DC-coupled amplifiers (hundreds of mV), far below float overflow.
+MAX_ABS_UV = 1e6
 
 
 def continuity_breaks(
@@ -59,11 +64,14 @@ class StreamPreprocessor:
         The model's preprocessing (``sfreq`` is the output rate).
     alignment : ndarray, shape (n_chans, n_chans), optional
         A subject's channel alignment (``rtmoe.profiles``), applied last.
+    max_abs_uv : float
+        Raw samples beyond this magnitude (µV) are repaired like non-finite ones.
 
     Attributes
     ----------
     n_nonfinite : int
-        Non-finite values replaced so far (over all model channels).
+        Non-finite or implausible (``|x| > max_abs_uv``) values replaced so far (over all
+        model channels).
     n_resets : int
         Segments started after the first.
     """
@@ -74,8 +82,10 @@ class StreamPreprocessor:
         sfreq_in: float,
         signal: SignalConfig,
         alignment: np.ndarray | None = None,
+        max_abs_uv: float = MAX_ABS_UV,
     ) -> None:
         self.index = np.asarray(index, dtype=np.int64)
+        self.max_abs_uv = float(max_abs_uv)
         self.alignment = alignment
         self.n_chans = self.index.size
         self.signal = signal
@@ -114,7 +124,8 @@ class StreamPreprocessor:
         """
         mapped = np.zeros((self.n_chans, data.shape[1]))
         mapped[self._present] = data[self._rows]
-        finite = np.isfinite(mapped)
+        # |NaN| <= bound is False: one test catches non-finite and absurd values alike.
+        finite = np.abs(mapped) <= self.max_abs_uv
         if not finite.all():
             self.n_nonfinite += int(finite.size - np.count_nonzero(finite))
             mapped = _hold_last_finite(mapped, finite, self._last_finite)
@@ -133,7 +144,7 @@ class StreamPreprocessor:
 
 
 def _hold_last_finite(x: np.ndarray, finite: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """``x`` with every non-finite value replaced by its channel's last finite value."""
+    """``x`` with every value not ``finite`` replaced by its channel's last good value."""
     positions = np.where(finite, np.arange(x.shape[1])[None, :], -1)
     last = np.maximum.accumulate(positions, axis=1)
     held = np.take_along_axis(x, np.maximum(last, 0), axis=1)

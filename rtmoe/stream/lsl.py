@@ -9,11 +9,16 @@ per-pull lock or argument checks. mne-lsl's extra value, ``StreamLSL`` (an acqui
 thread with its own buffer and filters), duplicates rtmoe's ring buffer and causal filters.
 
 Processing flags: ``proc_clocksync`` only, so every timestamp is in this machine's LSL
-clock (``pylsl.local_clock``), the runtime's one time base. ``proc_dejitter`` is left off
-on purpose: it fits a line through the timestamps and would smear a run of missing samples
-into a gentle slope that the gap detector could no longer see (``proc_monotonize`` would
-likewise hide backward steps). Raw-stamp jitter is absorbed instead by the gap threshold
-(half a sample period by default) and by the median-based rate estimate.
+clock (``pylsl.local_clock``), the runtime's one time base. ``proc_dejitter`` and
+``proc_monotonize`` are left off on purpose: liblsl's dejitter fits one line through
+everything and smears a run of missing samples into a gentle slope no gap detector can
+see. Instead every pulled chunk goes through `rtmoe.stream.clock.StreamClock`, a clock
+model for real senders (apps that let liblsl stamp chunks at push time jitter by 5-20 ms
+and step backwards): the timestamps `pull` returns lie on a line fitted against the
+sample count, strictly increasing, and jump only where samples are really missing or the
+sender's clock really jumped (see that module for the approach and its limits). The raw
+stamps' jitter, the sender's clock rate and a departure of that rate from the nominal one
+are kept (`timestamp_jitter_ms`, `clock_sfreq`, `sfreq_mismatch`).
 
 Recovery: liblsl inlets created with ``recover=True`` re-resolve a lost outlet by its
 source_id and reconnect on their own (verified in tests/test_lsl_source.py: a new outlet
@@ -30,6 +35,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from rtmoe.stream.clock import StreamClock
 
 if TYPE_CHECKING:
     import pylsl
@@ -153,6 +160,8 @@ class LslSource:
         Time without samples after which `status` is ``STALLED``.
     gap_threshold_periods : float
         A timestamp step longer than this many sample periods counts as a gap.
+    dejitter : bool
+        Model the timestamps with `StreamClock` (default); False returns the raw stamps.
     rate_window_s : float
         Span of recent samples the effective sample rate is estimated over.
     open_timeout_s : float
@@ -180,6 +189,10 @@ class LslSource:
         Timestamp gaps seen and the estimated number of samples missing in them.
     n_stalls : int
         Silences longer than the stall timeout that ended with samples arriving again.
+    clock : StreamClock or None
+        The timestamp model (None with ``dejitter=False``).
+    last_raw_timestamp : float
+        The newest sample's stamp as received, before modelling (NaN before the first).
     """
 
     def __init__(
@@ -192,6 +205,7 @@ class LslSource:
         gap_threshold_periods: float = 1.5,
         rate_window_s: float = 10.0,
         open_timeout_s: float = 5.0,
+        dejitter: bool = True,
     ) -> None:
         pylsl = _import_pylsl()
         info = resolve_stream(**stream) if isinstance(stream, Mapping) else stream
@@ -253,6 +267,16 @@ class LslSource:
         self.n_missing = 0
         self.n_stalls = 0
         self.last_timestamp = math.nan
+        self.last_raw_timestamp = math.nan
+        self.clock = (
+            StreamClock(
+                self.sfreq,
+                window_s=self.rate_window_s,
+                gap_floor_periods=max(0.0, gap_threshold_periods - 1.0),
+            )
+            if dejitter
+            else None
+        )
         self._last_arrival: float | None = None
         # Rate checkpoints (LSL time of a chunk's last sample, samples so far), one every
         # rate_window_s / 16, in a ring holding a little more than one window.
@@ -274,7 +298,8 @@ class LslSource:
             Channel-first samples (k may be 0); LSL's (samples, channels) is transposed
             here and nowhere else.
         timestamps : numpy.ndarray, float64, shape (k,)
-            LSL times of the samples in this machine's clock, in seconds.
+            LSL times of the samples in this machine's clock, in seconds, as modelled by
+            `clock` (strictly increasing except across a real backward jump).
 
         Both are views of buffers the next pull overwrites: consume (push to the ring)
         before pulling again.
@@ -309,6 +334,9 @@ class LslSource:
         data, timestamps = self._data[:, :n], self._timestamps[:n]
         if n:
             np.copyto(data, self._raw[:n].T)
+            self.last_raw_timestamp = float(timestamps[-1])
+            if self.clock is not None:
+                self.clock.update(timestamps, timestamps)  # in place, no allocation
             self._track(timestamps)
         return data, timestamps
 
@@ -359,6 +387,23 @@ class LslSource:
             times[half:] - times[: times.size - half]
         )
         return float(np.median(rates))
+
+    @property
+    def clock_sfreq(self) -> float:
+        """The sender's sample rate in its timestamps, from the clock model (NaN until known)."""
+        return self.clock.effective_sfreq if self.clock is not None else math.nan
+
+    @property
+    def sfreq_mismatch(self) -> float | None:
+        """`clock_sfreq` where it departs from the nominal ``sfreq`` beyond the clock's
+        tolerance (0.5 %), else None: a value here means the amplifier's declared rate is
+        wrong, and windows span a different time than the model expects."""
+        return self.clock.rate_mismatch if self.clock is not None else None
+
+    @property
+    def timestamp_jitter_ms(self) -> float:
+        """RMS of the raw stamps around the clock model, ms (NaN without the model)."""
+        return self.clock.jitter_s * 1e3 if self.clock is not None else math.nan
 
     def close(self) -> None:
         """Unsubscribe from the outlet; the source cannot be pulled afterwards."""
