@@ -31,6 +31,7 @@ import platform
 import secrets
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -157,12 +158,26 @@ def save_checkpoint(
 
 
 def load_checkpoint(directory: str | Path) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`, verifying both sha256 sums.
+    """Read a checkpoint written by :func:`save_checkpoint`, verifying its content hashes.
+
+    ``config.toml`` must match ``meta.json``'s ``config_hash`` and each tensor file its
+    sha256; a mismatch, a missing hash or an unparsable file is a :class:`CheckpointError`
+    naming the file and the fix.
 
     ``directory`` may also be a run folder holding a ``LATEST`` pointer.
     """
     directory = resolve_checkpoint(directory)
-    meta = json.loads((directory / META_FILE).read_text())
+    meta_path = directory / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"{meta_path} is not readable JSON ({err}); the checkpoint is corrupt: restore "
+            "it or re-save it (rtmoe.checkpoint.save_checkpoint / rebuild the model)"
+        ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path} does not hold a JSON object; re-save the checkpoint")
+    _verify_config(directory / CONFIG_FILE, meta.get("config_hash"))
     config = load_config(directory / CONFIG_FILE)
     weights = _read_verified(directory / WEIGHTS_FILE, meta.get("weights_sha256"))
     state_path = directory / STATE_FILE
@@ -332,14 +347,63 @@ def _cpu_copy(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
 
 
+def file_config_hash(path: Path) -> str:
+    """:func:`rtmoe.config.config_hash` of a saved ``config.toml`` as written.
+
+    Hashes the file's own tree (not the resolved :class:`Config`, which gains defaults
+    when rtmoe adds a field), so it equals the hash taken at save time exactly when the
+    file is unchanged.
+    """
+    from rtmoe.config import _none_from_toml
+
+    return config_hash(_none_from_toml(tomllib.loads(path.read_text())))
+
+
+def _verify_config(path: Path, expected: str | None) -> None:
+    """Refuse a ``config.toml`` whose content hash differs from ``meta.json``'s."""
+    if expected is None:
+        raise CheckpointError(
+            f"{path.parent / META_FILE} records no config_hash, so {path} cannot be "
+            "verified; re-save the checkpoint (rtmoe.checkpoint.save_checkpoint)"
+        )
+    try:
+        actual = file_config_hash(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; restore it or re-save the checkpoint") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise CheckpointError(
+            f"{path} is not readable TOML ({err}); restore it or re-save the checkpoint"
+        ) from None
+    if actual != expected:
+        raise CheckpointError(
+            f"{path} does not match the config_hash recorded in {META_FILE} ({actual} vs "
+            f"{expected}): the config was edited or replaced after saving, and the weights "
+            "were trained with the original; restore the file, or rebuild/re-save the "
+            "checkpoint with the new config"
+        )
+
+
 def _read_verified(path: Path, sha256: str | None) -> dict[str, torch.Tensor]:
-    blob = path.read_bytes()
-    if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; restore it or use another checkpoint") from None
+    if sha256 is None:
+        raise CheckpointError(
+            f"{META_FILE} records no sha256 for {path}, so it cannot be verified; re-save "
+            "the checkpoint (rtmoe.checkpoint.save_checkpoint)"
+        )
+    if hashlib.sha256(blob).hexdigest() != sha256:
         raise CheckpointError(
             f"{path} does not match the sha256 recorded in {META_FILE}; the file is "
             "corrupt or was replaced; restore it or use another checkpoint"
         )
-    return load_safetensors_bytes(blob)
+    try:
+        return load_safetensors_bytes(blob)
+    except Exception as err:  # safetensors raises its own SafetensorError (not ValueError)
+        raise CheckpointError(
+            f"{path} is not a valid safetensors file ({err}); restore it or re-save the checkpoint"
+        ) from None
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -183,3 +183,61 @@ def test_meta_is_plain_json_and_config_is_toml(tmp_path):
     meta = json.loads((path / ck.META_FILE).read_text())
     assert {"rtmoe_version", "python_version", "created_utc", "git_commit"} <= meta.keys()
     assert 'name = "tiny"' in (path / ck.CONFIG_FILE).read_text()
+
+
+# -- files verified: config hash, missing hashes, unparsable files (issue 12 item 7) --------
+
+
+def test_edited_config_is_refused_though_shapes_still_fit(tmp_path):
+    model, _, _ = _trained_tiny(steps=0)
+    path = ck.save_checkpoint(tmp_path / "c", model, _tiny_cfg(), kind="t")
+    toml = path / ck.CONFIG_FILE
+    toml.write_text(toml.read_text().replace("unit_uv = 100.0", "unit_uv = 1.0"))
+    with pytest.raises(ck.CheckpointError, match=r"config\.toml does not match the config_hash"):
+        ck.load_checkpoint(path)
+
+
+def test_missing_hashes_and_unparsable_files_are_one_line_errors(tmp_path):
+    model, _, _ = _trained_tiny(steps=0)
+    path = ck.save_checkpoint(tmp_path / "c", model, _tiny_cfg(), kind="t")
+    meta_path, toml = path / ck.META_FILE, path / ck.CONFIG_FILE
+    good_meta, good_toml = meta_path.read_text(), toml.read_text()
+    cases = {
+        "no config_hash": lambda: meta_path.write_text(
+            json.dumps({k: v for k, v in json.loads(good_meta).items() if k != "config_hash"})
+        ),
+        "no sha256": lambda: meta_path.write_text(
+            json.dumps({k: v for k, v in json.loads(good_meta).items() if k != "weights_sha256"})
+        ),
+        "not readable JSON": lambda: meta_path.write_text(good_meta[:-5]),
+        "not readable TOML": lambda: toml.write_text(good_toml + "\n[[[oops\n"),
+    }
+    for expected, damage in cases.items():
+        meta_path.write_text(good_meta)
+        toml.write_text(good_toml)
+        damage()
+        with pytest.raises(ck.CheckpointError, match=expected) as info:
+            ck.load_checkpoint(path)
+        message = str(info.value)
+        assert "\n" not in message and str(path) in message and "re" in message
+        assert info.value.__cause__ is None  # no chained traceback
+
+
+def test_bad_safetensors_with_a_matching_sha256_is_a_checkpoint_error(tmp_path):
+    model, _, _ = _trained_tiny(steps=0)
+    path = ck.save_checkpoint(tmp_path / "c", model, _tiny_cfg(), kind="t")
+    blob = b"\xff" * 64  # not safetensors; meta updated so that only the parse can fail
+    (path / ck.WEIGHTS_FILE).write_bytes(blob)
+    meta = json.loads((path / ck.META_FILE).read_text())
+    meta["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    (path / ck.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ck.CheckpointError, match="not a valid safetensors file"):
+        ck.load_checkpoint(path)
+
+
+def test_shipped_default_model_verifies():
+    from rtmoe.models.pretrained import pretrained_path
+
+    loaded = ck.load_checkpoint(pretrained_path("default"))
+    assert loaded.meta["config_hash"] == ck.file_config_hash(loaded.path / ck.CONFIG_FILE)
+    assert loaded.meta["config_hash"] == config_hash(loaded.config)
