@@ -241,3 +241,85 @@ def test_shipped_default_model_verifies():
     loaded = ck.load_checkpoint(pretrained_path("default"))
     assert loaded.meta["config_hash"] == ck.file_config_hash(loaded.path / ck.CONFIG_FILE)
     assert loaded.meta["config_hash"] == config_hash(loaded.config)
+
+
+# -- the TensorRT engine cache is verified before anything unpickles it --------------------
+
+
+class _FakeTorchTensorRT:
+    """Stands in for torch_tensorrt (not installed on CPU machines): records loads."""
+
+    def __init__(self):
+        self.loaded = []
+
+    def load(self, path):
+        self.loaded.append(path)
+        return torch.export.ExportedProgram.__new__(torch.export.ExportedProgram)
+
+
+def test_tensorrt_cache_loads_only_what_was_recorded_at_build(tmp_path, monkeypatch):
+    from rtmoe.engine.base import EngineError
+    from rtmoe.engine.tensorrt import ENGINE_FILE, HASH_FILE, load_cached, record_artifact
+
+    monkeypatch.setattr(torch.export.ExportedProgram, "module", lambda self: "module")
+    path = tmp_path / ENGINE_FILE
+    path.write_bytes(b"PK\x03\x04 compiled engine" * 100)
+    record_artifact(path)
+    fake = _FakeTorchTensorRT()
+    assert load_cached(fake, path) == "module" and fake.loaded == [str(path)]
+
+    good = path.read_bytes()
+    refusals = {
+        "does not match the sha256": lambda: path.write_bytes(good[:-1] + b"X"),
+        "writable by group or others": lambda: path.chmod(0o666),
+        f"no readable {HASH_FILE}": lambda: (tmp_path / HASH_FILE).unlink(),
+    }
+    for expected, tamper in refusals.items():
+        fake.loaded.clear()
+        tamper()
+        with pytest.raises(EngineError, match=expected) as info:
+            load_cached(fake, path)
+        assert str(path) in str(info.value) and "rebuilt" in str(info.value)
+        assert fake.loaded == []  # refused before torch_tensorrt.load saw the file
+        path.write_bytes(good)
+        record_artifact(path)
+
+
+def test_unverifiable_tensorrt_entry_is_rebuilt_not_loaded(tmp_path, monkeypatch):
+    """The engine builder discards an entry whose engine fails verification and rebuilds."""
+    import rtmoe.engine.build as build
+    from rtmoe.engine.base import EngineError
+    from rtmoe.engine.tensorrt import ENGINE_FILE, record_artifact, verify_artifact
+
+    events = []
+
+    class FakeEngine:
+        def __init__(self, folder):
+            path = folder / ENGINE_FILE
+            if path.exists():
+                verify_artifact(path)  # what TensorRTEngine does through load_cached
+                events.append("load")
+            else:
+                path.write_bytes(b"fresh engine")
+                record_artifact(path)
+                events.append("build")
+
+    monkeypatch.setattr(build, "_factory", lambda *a, **k: (FakeEngine, {"trt": "0"}))
+    monkeypatch.setattr(build, "check_parity", lambda *a, **k: 1.0)
+    monkeypatch.setattr(build, "timed", lambda f, *a: (f(*a), 0.0))
+    model = build_model("tiny")
+    module = build.DecodeModule(model)
+    x = torch.zeros(1, 3, 240)
+    psd = torch.zeros(1, 3, 9)
+    args = dict(fp16=False, softmax=True, n_threads=None, atol=1e-4, min_cosine=0.99)
+    build_one = build._build_checked
+    build_one("tensorrt", module, x, psd, tmp_path, [], **args)
+    build_one("tensorrt", module, x, psd, tmp_path, [], **args)
+    assert events == ["build", "load"]
+    (entry,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    (entry / ENGINE_FILE).write_bytes(b"tampered engine")
+    engine = build_one("tensorrt", module, x, psd, tmp_path, [], **args)
+    assert events == ["build", "load", "build"]
+    assert "discarded and rebuilt" in engine.reason and "sha256" in engine.reason
+    with pytest.raises(EngineError):
+        verify_artifact(tmp_path / "nowhere" / ENGINE_FILE)

@@ -7,6 +7,14 @@ ExportedProgram (``engine.ep``); a later build loads it with ``torch_tensorrt.lo
 stays outside: the PSD is an input. Operators TensorRT cannot convert run in PyTorch
 between TensorRT subgraphs.
 
+The cache is never trusted as found. ``torch_tensorrt.load`` tries ``torch.export.load``
+(whose tensor payloads fall back to ``torch.load(weights_only=False)``, an unrestricted
+unpickler, when the restricted one fails) and then ``torch.jit.load``; and a TensorRT plan
+is itself executable. So the sha256 and size of ``engine.ep`` are recorded in
+``engine.sha256.json`` right after it is built, and :func:`load_cached` loads the file
+only when it still matches, is owned by this user and is writable by nobody else;
+otherwise the engine builder discards the entry and compiles afresh.
+
 fp16: recent Torch-TensorRT releases lower precision by rule-based autocast
 (``enable_autocast``, ``autocast_low_precision_type``), older ones by TensorRT's weak
 typing (``enabled_precisions``); :func:`precision_settings` picks what the installed
@@ -16,7 +24,11 @@ whether the result is usable.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +38,8 @@ from rtmoe.engine.base import DecodeModule, EngineError, import_extra
 from rtmoe.engine.torch_engine import TorchEngine
 
 ENGINE_FILE = "engine.ep"
+#: sha256 and size of ``engine.ep``, written when it was built (see :func:`load_cached`).
+HASH_FILE = "engine.sha256.json"
 
 
 def tensorrt_versions() -> dict[str, str]:
@@ -100,21 +114,97 @@ class TensorRTEngine(TorchEngine):
         self.from_cache = path.exists()
         self.fp16 = fp16
         inputs = [x, psd]
+        if self.from_cache:
+            self._module = load_cached(torch_tensorrt, path)
+            return
         try:
-            if self.from_cache:
-                self._module = torch_tensorrt.load(str(path)).module()
-            else:
-                exported = torch.export.export(module, tuple(inputs))
-                compile_fn = torch_tensorrt.dynamo.compile
-                settings = precision_settings(compile_fn, fp16)
-                compiled = compile_fn(exported, inputs=inputs, **settings)
-                torch_tensorrt.save(
-                    compiled, str(path), output_format="exported_program", inputs=inputs
-                )
-                self._module = compiled
+            exported = torch.export.export(module, tuple(inputs))
+            compile_fn = torch_tensorrt.dynamo.compile
+            settings = precision_settings(compile_fn, fp16)
+            compiled = compile_fn(exported, inputs=inputs, **settings)
+            torch_tensorrt.save(
+                compiled, str(path), output_format="exported_program", inputs=inputs
+            )
+            record_artifact(path)
+            self._module = compiled
         except Exception as err:  # export/conversion/build raise many types
-            action = "load" if self.from_cache else "compile"
             raise EngineError(
-                f"Torch-TensorRT could not {action} the model ({type(err).__name__}: {err}); "
+                f"Torch-TensorRT could not compile the model ({type(err).__name__}: {err}); "
                 "use --engine torch"
             ) from err
+
+
+def record_artifact(path: Path) -> None:
+    """Record ``path``'s sha256 and size in :data:`HASH_FILE` beside it.
+
+    Both files are made read-only for group and others (mode 0644), which
+    :func:`verify_artifact` requires.
+    """
+    record = {"file": path.name, "size": path.stat().st_size, "sha256": _sha256(path)}
+    hash_path = path.with_name(HASH_FILE)
+    hash_path.write_text(json.dumps(record, indent=2) + "\n")
+    for p in (path, hash_path):
+        os.chmod(p, 0o644)
+
+
+def verify_artifact(path: Path) -> None:
+    """Refuse a cached artifact that is not byte for byte the one this user built.
+
+    Raises
+    ------
+    EngineError
+        No or unreadable :data:`HASH_FILE`; size or sha256 differ from the record; the
+        artifact or its record is owned by another user or writable by group/others.
+        The message names the file; the builder then rebuilds the entry.
+    """
+    hash_path = path.with_name(HASH_FILE)
+    try:
+        record = json.loads(hash_path.read_text())
+        want_size, want_sha = int(record["size"]), str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise EngineError(
+            f"cached engine {path} has no readable {HASH_FILE} ({type(err).__name__}), so "
+            "it cannot be verified; it is rebuilt (delete the cache folder to silence this)"
+        ) from None
+    for p in (path, hash_path):
+        info = p.stat()
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            raise EngineError(
+                f"cached engine file {p} is owned by uid {info.st_uid}, not by this user; "
+                "it is not loaded but rebuilt (use a --cache-dir of your own)"
+            )
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise EngineError(
+                f"cached engine file {p} is writable by group or others (mode "
+                f"{stat.S_IMODE(info.st_mode):o}); it is not loaded but rebuilt (use a "
+                "--cache-dir of your own)"
+            )
+    size = path.stat().st_size
+    if size != want_size or _sha256(path) != want_sha:
+        raise EngineError(
+            f"cached engine {path} does not match the sha256 recorded in {hash_path.name} "
+            "when it was built (changed or replaced); it is not loaded but rebuilt"
+        )
+
+
+def load_cached(torch_tensorrt: Any, path: Path) -> torch.nn.Module:
+    """Verify ``path`` (:func:`verify_artifact`), then ``torch_tensorrt.load`` it.
+
+    Verification comes first, so a tampered file never reaches an unpickler.
+    """
+    verify_artifact(path)
+    try:
+        return torch_tensorrt.load(str(path)).module()
+    except Exception as err:  # deserialisation raises many types
+        raise EngineError(
+            f"Torch-TensorRT could not load the cached engine {path} ({type(err).__name__}: "
+            f"{err}); it is rebuilt, or use --engine torch"
+        ) from err
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
