@@ -27,7 +27,6 @@ refitted on all trials. The whole fit is bounded by ``max_minutes``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import math
@@ -41,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from rtmoe.offline.metrics import classification_metrics, confusion_matrix
-from rtmoe.models.specmoe import LoadedSpecMoE, SpecMoE
+from rtmoe.models.specmoe import LoadedSpecMoE, MoEFeatures, SpecMoE
 from rtmoe.profiles import apply_alignment, resize_head
 
 ALIGNMENTS: tuple[str, ...] = ("none", "ea")
@@ -118,47 +117,18 @@ def stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
     return folds
 
 
-class _FrozenFeatures(torch.nn.Module):
-    """Stands in for a frozen expert: its time-pooled features, precomputed per window.
-
-    ``SpecMoE`` averages each expert's output over time; returning the stored average
-    with a time axis of one gives the same value, so the gates and head see the exact
-    features the expert would compute, without running it again.
-    """
-
-    def __init__(self, features: torch.Tensor) -> None:
-        super().__init__()
-        self.features = features  # (n_windows, n_chans, D)
-        self.rows: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features[self.rows].unsqueeze(-1)
-
-
-@contextlib.contextmanager
-def frozen_features(model: SpecMoE, features: Sequence[torch.Tensor]):
-    """Temporarily replace ``model``'s experts by their precomputed features.
-
-    Yields the stand-ins; set their ``rows`` (indices into ``features``) before each
-    forward pass of the windows with those indices.
-    """
-    experts = model.experts
-    stand_ins = [_FrozenFeatures(f) for f in features]
-    model.experts = torch.nn.ModuleList(stand_ins)
-    try:
-        yield stand_ins
-    finally:
-        model.experts = experts
-
-
 @torch.no_grad()
-def expert_features(model: SpecMoE, x: torch.Tensor, batch_size: int = 64) -> list[torch.Tensor]:
-    """Each expert's time-pooled features of windows ``x``: K tensors ``(n, n_chans, D)``."""
+def cached_features(model: SpecMoE, x: torch.Tensor, batch_size: int = 64) -> MoEFeatures:
+    """`SpecMoE.forward_features` of windows ``x (n, C, T)`` in eval mode, batch by batch.
+
+    With the experts frozen this is everything the gates and head read, so head-only
+    training computes it once and runs `SpecMoE.forward_head` on slices of it
+    (``features.take(rows)``) every epoch.
+    """
     model.eval()
-    return [
-        torch.cat([e(x[i : i + batch_size]).mean(dim=-1) for i in range(0, len(x), batch_size)])
-        for e in model.experts
-    ]
+    return MoEFeatures.cat(
+        [model.forward_features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    )
 
 
 def trainable_parameters(model: SpecMoE, tuning: str) -> list[torch.nn.Parameter]:
@@ -186,14 +156,15 @@ def train(
     batch_size: int,
     seed: int,
     time_limit_s: float,
-    features: Sequence[torch.Tensor] | None = None,
+    features: MoEFeatures | None = None,
 ) -> int:
     """Fine-tune ``model`` in place on windows ``x (n, C, T)`` and classes ``y (n,)``.
 
     Class-weighted cross-entropy, Adam (amsgrad). Stops after ``epochs`` or once
     ``time_limit_s`` has passed at the end of an epoch; returns the epochs run. With
-    ``tuning="head"`` the frozen experts run once (or ``features``, their
-    `expert_features` of ``x``, are used) and every epoch reuses their output.
+    ``tuning="head"`` the frozen experts run once (or ``features``, the
+    `cached_features` of ``x``, are used) and every epoch trains `SpecMoE.forward_head`
+    on their output.
     """
     params = trainable_parameters(model, tuning)
     if not params:
@@ -202,10 +173,11 @@ def train(
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
+    head_only = tuning == "head"
+    if head_only and features is None:
+        features = cached_features(model, x)
     with torch.no_grad():
-        psd = model.psd(x)
-    if tuning == "head" and features is None:
-        features = expert_features(model, x)
+        psd = None if head_only else model.psd(x)
     n_classes = model.n_outputs
     counts = torch.bincount(y, minlength=n_classes).float()
     weight = len(y) / (n_classes * counts.clamp(min=1))
@@ -215,19 +187,19 @@ def train(
     model.eval()
     model.head.train()  # head dropout only; BatchNorm statistics stay the base model's
     done = 0
-    cached = frozen_features(model, features) if tuning == "head" else contextlib.nullcontext([])
-    with cached as stand_ins:
-        for _ in range(epochs):
-            for batch in torch.randperm(len(y), generator=gen).split(batch_size):
-                for stand_in in stand_ins:
-                    stand_in.rows = batch
-                loss = F.cross_entropy(model(x[batch], psd[batch]), y[batch], weight=weight)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            done += 1
-            if time.monotonic() - started > time_limit_s:
-                break
+    for _ in range(epochs):
+        for batch in torch.randperm(len(y), generator=gen).split(batch_size):
+            if head_only:
+                out = model.forward_head(features.take(batch))
+            else:
+                out = model(x[batch], psd[batch])
+            loss = F.cross_entropy(out, y[batch], weight=weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        done += 1
+        if time.monotonic() - started > time_limit_s:
+            break
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -239,23 +211,19 @@ def predict_proba(
     model: SpecMoE,
     x: torch.Tensor,
     batch_size: int = 64,
-    features: Sequence[torch.Tensor] | None = None,
+    features: MoEFeatures | None = None,
 ) -> np.ndarray:
     """Class probabilities ``(n, n_outputs)`` of windows ``x (n, C, T)`` (eval mode).
 
-    ``features``: the experts' `expert_features` of ``x``, used instead of running them.
+    ``features``: the `cached_features` of ``x`` (under this model's experts), fed to
+    `SpecMoE.forward_head` instead of running the experts again.
     """
     model.eval()
-    cached = (
-        frozen_features(model, features) if features is not None else contextlib.nullcontext([])
-    )
     out = []
-    with cached as stand_ins:
-        for i in range(0, len(x), batch_size):
-            rows = torch.arange(i, min(i + batch_size, len(x)))
-            for stand_in in stand_ins:
-                stand_in.rows = rows
-            out.append(model(x[rows]).softmax(dim=1))
+    for i in range(0, len(x), batch_size):
+        rows = slice(i, i + batch_size)
+        logits = model(x[rows]) if features is None else model.forward_head(features.take(rows))
+        out.append(logits.softmax(dim=1))
     return torch.cat(out).double().numpy()
 
 
@@ -342,7 +310,7 @@ def fit_subject(
             matrix = ea_matrix(X[train_idx]) if alignment == "ea" else None
             x = torch.from_numpy(apply_alignment(X, matrix))
             # The base experts' features serve every candidate that keeps them frozen.
-            feats = expert_features(base.model.cpu(), x)
+            feats = cached_features(base.model.cpu(), x)
             for tuning in tunings:
                 model = fresh()
                 frozen = tuning != "partial"
@@ -357,12 +325,12 @@ def fit_subject(
                         tuning,
                         seed=seed + k,
                         time_limit_s=math.inf if frozen else limit_s,
-                        features=[f[train_idx] for f in feats] if frozen else None,
+                        features=feats.take(train_idx) if frozen else None,
                         **common,
                     )
                 )
                 proba[tuning][test_idx] = predict_proba(
-                    model, x[test_idx], features=[f[test_idx] for f in feats] if frozen else None
+                    model, x[test_idx], features=feats.take(test_idx) if frozen else None
                 )
         for tuning in tunings:
             m = classification_metrics(y, proba[tuning])

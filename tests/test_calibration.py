@@ -412,18 +412,28 @@ def test_calibrate_bad_inputs_give_clear_messages_and_keep_the_recording(
 
 
 def test_cached_expert_features_give_the_same_outputs(base_dir):
-    from rtmoe.calibration.fit import _FrozenFeatures, expert_features
+    from rtmoe.calibration.fit import cached_features, predict_proba, train
 
     model = load_pretrained(base_dir).model
     x = 0.2 * torch.randn(5, 6, 700, generator=torch.Generator().manual_seed(0))
     psd = model.psd(x)
     with torch.no_grad():
         want = model(x, psd)
-        experts = model.experts
-        stand_ins = [_FrozenFeatures(f) for f in expert_features(model, x)]
-        model.experts = torch.nn.ModuleList(stand_ins)
-        for s in stand_ins:
-            s.rows = torch.tensor([3, 1])
-        got = model(x[[3, 1]], psd[[3, 1]])
-        model.experts = experts
+        features = cached_features(model, x, batch_size=2)  # batched like a real session
+        got = model.forward_head(features.take(torch.tensor([3, 1])))
     torch.testing.assert_close(got, want[[3, 1]], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        predict_proba(model, x, features=features), predict_proba(model, x), rtol=0, atol=1e-6
+    )
+    # Head-only training on the cached features changes the head, never an expert, and
+    # the trained model's full forward agrees with its head over the cached features.
+    experts = {k: v.clone() for k, v in model.experts.state_dict().items()}
+    head = {k: v.clone() for k, v in model.head.state_dict().items()}
+    y = torch.tensor([0, 1, 0, 1, 1])
+    kw = {"epochs": 3, "lr": 1e-2, "batch_size": 2, "seed": 0, "time_limit_s": 60.0}
+    assert train(model, x, y, "head", features=features, **kw) == 3
+    assert all(torch.equal(v, model.experts.state_dict()[k]) for k, v in experts.items())
+    assert not all(torch.equal(v, model.head.state_dict()[k]) for k, v in head.items())
+    np.testing.assert_allclose(
+        predict_proba(model, x, features=features), predict_proba(model, x), rtol=0, atol=1e-6
+    )

@@ -123,6 +123,39 @@ def test_every_parameter_gets_a_gradient():
     assert len(head) + len(list(model.expert_parameters())) == len(list(model.parameters()))
 
 
+@pytest.mark.parametrize("use_psd_gate", [True, False])
+def test_forward_is_forward_head_of_forward_features(use_psd_gate):
+    model = _moe(2, use_psd_gate=use_psd_gate)
+    x = _sines([5, 10, 20], batch=3) + 0.01 * torch.randn(3, N_CHANS, N_TIMES)
+    with torch.no_grad():
+        for psd in (None, model.psd(x)):
+            features = model.forward_features(x, psd)
+            assert features.experts.shape == (3, 2, N_CHANS, model.feature_dim)
+            assert (features.log_psd is None) == (not use_psd_gate)
+            assert torch.equal(model.forward_head(features), model(x, psd))
+            logits, gates = model.forward_head(features, return_gates=True)
+            want_logits, want_gates = model.forward_with_gates(x, psd)
+            assert torch.equal(logits, want_logits) and torch.equal(gates, want_gates)
+            # Cached features of some windows give exactly those windows' outputs.
+            rows = torch.tensor([2, 0])
+            torch.testing.assert_close(
+                model.forward_head(features.take(rows)),
+                model(x[rows]),
+                rtol=1e-6,
+                atol=1e-7,
+            )
+    # The split follows the parameters: experts before it, gates and head after it.
+    model.train()
+    features = model.forward_features(x)
+    model.forward_head(features).sum().backward()
+    head = {id(p) for p in model.head_parameters()}
+    assert all(p.grad is not None for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    detached = type(features)(features.experts.detach(), features.log_psd)
+    model.forward_head(detached).sum().backward()
+    assert all((p.grad is not None) == (id(p) in head) for p in model.parameters())
+
+
 def test_short_window_uses_one_segment():
     # FingerMovements: 0.5 s at 100 Hz -> 100 samples at 200 Hz, one 100-sample segment.
     torch.manual_seed(0)

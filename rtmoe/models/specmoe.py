@@ -8,6 +8,10 @@ For a window ``x (batch, n_chans, n_times)`` in model units::
     H   = concat_k(h_k ⊙ g_k)                   (batch, n_chans, K·D)
     logits = head(pool_c H)                     (batch, n_outputs)
 
+``SpecMoE.forward_features`` computes ``h_k`` and ``log10(max(PSD, floor))`` (every
+expert parameter, no other); ``SpecMoE.forward_head`` the rest (gates, fusion, pooling,
+head), so ``forward = forward_head ∘ forward_features`` (timm's split).
+
 Every expert always runs; the gates neither compete (no softmax) nor select (no top-k).
 The electrode axis stays explicit until the channel pooling, so feature ``d`` of
 electrode ``c`` is gated by the spectrum of electrode ``c`` alone.
@@ -43,7 +47,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple, overload
 
 import torch
 from torch import nn
@@ -128,6 +132,36 @@ def gate_input(psd: torch.Tensor) -> torch.Tensor:
     detrending) would then give -inf.
     """
     return torch.log10(psd.clamp_min(PSD_FLOOR))
+
+
+class MoEFeatures(NamedTuple):
+    """:meth:`SpecMoE.forward_features` of a batch: the head's whole input.
+
+    Attributes
+    ----------
+    experts : Tensor, shape (batch, n_experts, n_chans, feature_dim)
+        Each expert's encoder output averaged over time, per electrode.
+    log_psd : Tensor, shape (batch, n_chans, psd_bins), or None
+        :func:`gate_input` of the window's Welch PSD; ``None`` without PSD gates.
+    """
+
+    experts: torch.Tensor
+    log_psd: torch.Tensor | None
+
+    def take(self, index: torch.Tensor | slice) -> MoEFeatures:
+        """The features of the windows ``index`` selects along the batch axis."""
+        return MoEFeatures(
+            self.experts[index], None if self.log_psd is None else self.log_psd[index]
+        )
+
+    @staticmethod
+    def cat(parts: Sequence[MoEFeatures]) -> MoEFeatures:
+        """Concatenate batches of features along the batch axis."""
+        log_psd = [p.log_psd for p in parts]
+        return MoEFeatures(
+            torch.cat([p.experts for p in parts]),
+            None if log_psd[0] is None else torch.cat(log_psd),
+        )
 
 
 class SpecMoE(nn.Module):
@@ -235,6 +269,8 @@ class SpecMoE(nn.Module):
     def forward(self, x: torch.Tensor, psd: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (or regression outputs) ``(batch, n_outputs)``.
 
+        ``forward(x, psd) == forward_head(forward_features(x, psd))`` exactly.
+
         Parameters
         ----------
         x : Tensor, shape (batch, n_chans, n_times)
@@ -243,7 +279,7 @@ class SpecMoE(nn.Module):
             ``welch_psd(x, sfreq, nperseg)`` (units² / Hz); computed from ``x`` when
             omitted. The runtime passes it so the FFT stays outside compiled engines.
         """
-        return self.forward_with_gates(x, psd)[0]
+        return self.forward_head(self.forward_features(x, psd))
 
     def forward_with_gates(
         self, x: torch.Tensor, psd: torch.Tensor | None = None
@@ -257,19 +293,71 @@ class SpecMoE(nn.Module):
             All ones when ``use_psd_gate`` is False. ``gates.mean((2, 3))`` is the
             per-expert summary that decodes report.
         """
+        return self.forward_head(self.forward_features(x, psd), return_gates=True)
+
+    def forward_features(self, x: torch.Tensor, psd: torch.Tensor | None = None) -> MoEFeatures:
+        """What the experts compute, and the gates' input: everything before the head.
+
+        The split is timm's (``forward_features`` / ``forward_head``): this half holds
+        every expert parameter and nothing else, so with frozen experts its output can
+        be computed once and cached while the gates and head train
+        (``rtmoe.calibration.fit``). Parameters and shapes as :meth:`forward`.
+
+        Returns
+        -------
+        MoEFeatures
+            ``experts (batch, n_experts, n_chans, feature_dim)``: each expert's features
+            averaged over time, per electrode; ``log_psd (batch, n_chans, psd_bins)``:
+            :func:`gate_input` of the PSD (``None`` when ``use_psd_gate`` is False).
+        """
         self._check_inputs(x, psd)
-        batch = x.shape[0]
-        if self.gates is None:
-            gates = x.new_ones(batch, self.n_experts, self.n_chans, self.feature_dim)
-        else:
+        log_psd = None
+        if self.gates is not None:
             log_psd = gate_input(self.psd(x) if psd is None else psd)
+        # (batch, n_chans, D, t) -> mean over time, per electrode -> (batch, n_chans, D)
+        experts = torch.stack([e(x).mean(dim=-1) for e in self.experts], dim=1)
+        return MoEFeatures(experts, log_psd)
+
+    @overload
+    def forward_head(
+        self, features: MoEFeatures, *, return_gates: Literal[False] = ...
+    ) -> torch.Tensor: ...
+
+    @overload
+    def forward_head(
+        self, features: MoEFeatures, *, return_gates: Literal[True]
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def forward_head(
+        self, features: MoEFeatures, *, return_gates: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Gates, gating, channel pooling and head over :meth:`forward_features`' output.
+
+        Holds every parameter that :meth:`head_parameters` yields (gate normalisation,
+        gates, head) and no expert's.
+
+        Returns
+        -------
+        logits : Tensor, shape (batch, n_outputs)
+        gates : Tensor, shape (batch, n_experts, n_chans, feature_dim)
+            Only with ``return_gates=True``; as in :meth:`forward_with_gates`.
+        """
+        experts, log_psd = features
+        batch = experts.shape[0]
+        if self.gates is None:
+            gates = experts.new_ones(batch, self.n_experts, self.n_chans, self.feature_dim)
+        else:
+            if log_psd is None:
+                raise ValueError(
+                    "features.log_psd is None but this model gates by the spectrum; pass "
+                    "the output of this model's forward_features"
+                )
             z = self.gate_norm(log_psd.reshape(-1, self.psd_bins)).reshape(log_psd.shape)
             gates = torch.stack([torch.sigmoid(g(z)) for g in self.gates], dim=1)
-        # (batch, n_chans, D, t) -> mean over time, per electrode -> (batch, n_chans, D)
-        features = torch.stack([e(x).mean(dim=-1) for e in self.experts], dim=1)
-        gated = (features * gates).permute(0, 2, 1, 3).reshape(batch, self.n_chans, -1)
+        gated = (experts * gates).permute(0, 2, 1, 3).reshape(batch, self.n_chans, -1)
         pooled = gated.mean(dim=1) if self.channel_pool == "mean" else gated.amax(dim=1)
-        return self.head(pooled), gates
+        logits = self.head(pooled)
+        return (logits, gates) if return_gates else logits
 
     def _check_inputs(self, x: torch.Tensor, psd: torch.Tensor | None) -> None:
         if x.ndim != 3 or tuple(x.shape[1:]) != (self.n_chans, self.n_times):
