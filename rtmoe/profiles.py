@@ -7,7 +7,8 @@ Layout::
 
     <profiles_dir>/<subject>/v001/   one folder per fit, never overwritten
         profile.json          labels, alignment method, channel map, chosen settings,
-                              metrics, base model identity (weights sha256), provenance
+                              metrics, base model identity (weights sha256), provenance,
+                              the sha256 of weights.safetensors and its own content hash
         weights.safetensors   the tensors that differ from the base model, plus
                               ``alignment.matrix`` (n_chans, n_chans) when aligned
         quality.json          the signal-quality report of the session
@@ -15,7 +16,12 @@ Layout::
         confusion.png         the cross-validated confusion matrix
     <profiles_dir>/<subject>/sessions/<id>/   raw calibration sessions (rtmoe.calibration.session)
 
-The newest version is the one loaded unless a version is named. A profile is refused
+The newest version is the one loaded unless a version is named. Loading verifies the
+profile first: ``profile.json`` against its ``content_sha256`` (a hash of everything else
+in it), ``weights.safetensors`` against ``weights_sha256``, then its structure (every key,
+as many labels as outputs, tensors of that head size); any failure is one
+:class:`ProfileError` line naming the file and the fix (refit from the session, which is
+kept, or remove the version). A profile is refused
 for another base model (different weights sha256) or another montage (different stream
 channel names or mapping), with a message saying which model and channels it needs.
 
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -41,7 +48,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from rtmoe import __version__
@@ -50,7 +58,15 @@ from rtmoe.models.specmoe import LoadedSpecMoE, SpecMoE
 PROFILE_FILE = "profile.json"
 WEIGHTS_FILE = "weights.safetensors"
 ALIGNMENT_KEY = "alignment.matrix"
-PROFILE_FORMAT = 1
+#: 2: ``profile.json`` carries ``content_sha256`` and ``weights_sha256`` (format 1 had none).
+PROFILE_FORMAT = 2
+#: Keys every profile.json holds (checked at load; `Profile` and `apply_profile` use them).
+REQUIRED_KEYS = (
+    "format", "subject", "version", "created_utc", "base_model", "labels", "n_outputs",
+    "model_ch_names", "n_times", "sfreq", "stream_ch_names", "channel_index", "alignment",
+    "settings", "metrics", "changed_tensors", "session", "weights_sha256", "content_sha256",
+)  # fmt: skip
+_BASE_KEYS = ("ref", "task", "model_name", "weights_sha256")
 _VERSION = re.compile(r"^v(\d{3,})$")
 _SUBJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -237,10 +253,13 @@ def save_profile(
         "changed_tensors": sorted(k for k in weights if k != ALIGNMENT_KEY),
         "session": session,
     }
+    blob = save_safetensors_bytes(weights)
+    meta["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+    meta["content_sha256"] = profile_content_hash(meta)
     tmp = root / f".v{version:03d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(weights, str(tmp / WEIGHTS_FILE))
+    (tmp / WEIGHTS_FILE).write_bytes(blob)
     (tmp / PROFILE_FILE).write_text(json.dumps(meta, indent=2))
     (tmp / "quality.json").write_text(json.dumps(quality, indent=2))
     (tmp / "metrics.json").write_text(json.dumps(cv_results, indent=2))
@@ -267,17 +286,138 @@ def load_profile(profiles_dir: str | Path, subject: str, version: int | None = N
             f"{sorted(versions)} (see `rtmoe profiles list`)"
         )
     path = root / f"v{version:03d}"
-    meta = json.loads((path / PROFILE_FILE).read_text())
-    if meta.get("format") != PROFILE_FORMAT:
-        raise ProfileError(
-            f"profile {path} has format {meta.get('format')}, this rtmoe reads "
-            f"{PROFILE_FORMAT}; recalibrate with this version"
-        )
-    weights = load_file(str(path / WEIGHTS_FILE))
+    meta = read_profile_meta(path)
+    weights = _read_weights(path, meta)
     matrix = weights.pop(ALIGNMENT_KEY, None)
+    _check_structure(path, meta, weights, matrix)
     return Profile(
         path, subject, version, meta, weights, None if matrix is None else matrix.numpy()
     )
+
+
+def profile_content_hash(meta: Mapping[str, Any]) -> str:
+    """sha256 of ``meta`` without its ``content_sha256`` (canonical JSON: sorted keys)."""
+    body = {k: v for k, v in meta.items() if k != "content_sha256"}
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def _fix(path: Path, meta: Mapping[str, Any] | None = None) -> str:
+    """The remedy named by every file error: refit from the kept session, or remove."""
+    subject, name = path.parent.name, path.name
+    session = (meta or {}).get("session") if isinstance(meta, Mapping) else None
+    source = session if isinstance(session, str) else f"{path.parent}/sessions/<id>"
+    version = int(m.group(1)) if (m := _VERSION.match(name)) else name
+    return (
+        f"refit it from its session (rtmoe calibrate --subject {subject} --from {source}) "
+        f"or remove it (rtmoe profiles remove --subject {subject} --version {version})"
+    )
+
+
+def read_profile_meta(path: str | Path) -> dict[str, Any]:
+    """``profile.json`` of a version folder, verified against its ``content_sha256``.
+
+    Raises
+    ------
+    ProfileError
+        Missing or unparsable file, another format, a missing hash, or content that
+        differs from what was saved (edited after calibration).
+    """
+    path = Path(path)
+    file = path / PROFILE_FILE
+    try:
+        meta = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"{file} is missing; {_fix(path)}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ProfileError(f"{file} is not readable JSON ({err}); {_fix(path)}") from None
+    if not isinstance(meta, dict):
+        raise ProfileError(f"{file} does not hold a JSON object; {_fix(path)}")
+    if meta.get("format") != PROFILE_FORMAT:
+        raise ProfileError(
+            f"{file} has format {meta.get('format')!r}, this rtmoe reads {PROFILE_FORMAT} "
+            f"(content-hashed profiles); {_fix(path, meta)}"
+        )
+    want = meta.get("content_sha256")
+    if not isinstance(want, str):
+        raise ProfileError(
+            f"{file} records no content_sha256, so it cannot be verified; {_fix(path, meta)}"
+        )
+    if profile_content_hash(meta) != want:
+        raise ProfileError(
+            f"{file} does not match its content_sha256: it was edited or damaged after "
+            f"calibration, and its weights were fitted with the original; {_fix(path, meta)}"
+        )
+    return meta
+
+
+def _read_weights(path: Path, meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    file = path / WEIGHTS_FILE
+    try:
+        blob = file.read_bytes()
+    except FileNotFoundError:
+        raise ProfileError(f"{file} is missing; {_fix(path, meta)}") from None
+    if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
+        raise ProfileError(
+            f"{file} does not match the weights_sha256 recorded in {PROFILE_FILE}: it is "
+            f"corrupt or was replaced; {_fix(path, meta)}"
+        )
+    try:
+        return load_safetensors_bytes(blob)
+    except Exception as err:  # safetensors raises its own SafetensorError
+        raise ProfileError(
+            f"{file} is not a valid safetensors file ({err}); {_fix(path, meta)}"
+        ) from None
+
+
+def _check_structure(
+    path: Path,
+    meta: Mapping[str, Any],
+    weights: Mapping[str, torch.Tensor],
+    matrix: torch.Tensor | None,
+) -> None:
+    """Refuse a profile whose keys, label count or tensor shapes do not fit together."""
+    file = path / PROFILE_FILE
+
+    def bad(what: str) -> ProfileError:
+        return ProfileError(f"{file}: {what}; {_fix(path, meta)}")
+
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    base = meta.get("base_model")
+    if isinstance(base, Mapping):
+        missing += [f"base_model.{k}" for k in _BASE_KEYS if k not in base]
+    elif "base_model" in meta:
+        missing.append("base_model (not an object)")
+    if missing:
+        raise bad(f"missing key(s) {missing}")
+    labels, n_outputs = meta["labels"], meta["n_outputs"]
+    if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
+        raise bad(f"labels={labels!r} is not a list of class names")
+    if len(set(labels)) != len(labels) or len(labels) < 2:
+        raise bad(f"labels={labels} must be at least 2 distinct class names")
+    if n_outputs != len(labels):
+        raise bad(f"{len(labels)} labels {labels} but n_outputs={n_outputs!r}")
+    n_model = len(meta["model_ch_names"])
+    index = meta["channel_index"]
+    n_stream = len(meta["stream_ch_names"])
+    if len(index) != n_model or not all(isinstance(i, int) and -1 <= i < n_stream for i in index):
+        raise bad(
+            f"channel_index={index} does not map {n_model} model channels onto the "
+            f"{n_stream} stream channels"
+        )
+    if sorted(weights) != sorted(meta["changed_tensors"]):
+        raise bad(
+            f"changed_tensors {meta['changed_tensors'][:3]}... do not list the tensors in "
+            f"{WEIGHTS_FILE} {sorted(weights)[:3]}..."
+        )
+    if matrix is not None and tuple(matrix.shape) != (n_model, n_model):
+        raise bad(
+            f"{ALIGNMENT_KEY} has shape {tuple(matrix.shape)}, expected ({n_model}, {n_model})"
+        )
+    if (matrix is None) != (meta["alignment"] == "none"):
+        raise bad(f"alignment={meta['alignment']!r} but {WEIGHTS_FILE} "
+                  f"{'lacks' if matrix is None else 'holds'} {ALIGNMENT_KEY}")  # fmt: skip
 
 
 def list_profiles(profiles_dir: str | Path, subject: str | None = None) -> list[dict[str, Any]]:
@@ -293,7 +433,7 @@ def list_profiles(profiles_dir: str | Path, subject: str | None = None) -> list[
     rows = []
     for name in subjects:
         for version in sorted(_versions(root / name)):
-            meta = json.loads((root / name / f"v{version:03d}" / PROFILE_FILE).read_text())
+            meta = read_profile_meta(root / name / f"v{version:03d}")
             rows.append(
                 {
                     "subject": name,
@@ -391,7 +531,18 @@ def apply_profile(
     if unknown:
         raise ProfileError(
             f"profile {profile.path} holds tensors {unknown[:3]} the model lacks; it does not "
-            "belong to this model: recalibrate"
+            f"belong to this model: {_fix(profile.path, profile.meta)}"
+        )
+    reshaped = [
+        f"{k} {tuple(v.shape)} vs {tuple(state[k].shape)}"
+        for k, v in profile.weights.items()
+        if tuple(v.shape) != tuple(state[k].shape)
+    ]
+    if reshaped:
+        raise ProfileError(
+            f"{profile.path / WEIGHTS_FILE} does not fit the model with the "
+            f"{len(profile.labels)} labels {list(profile.labels)} of {PROFILE_FILE} "
+            f"({', '.join(reshaped[:3])}); {_fix(profile.path, profile.meta)}"
         )
     state.update({k: v.to(state[k].device) for k, v in profile.weights.items()})
     model.load_state_dict(state, strict=True)

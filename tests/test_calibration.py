@@ -404,7 +404,7 @@ def test_calibrate_bad_inputs_give_clear_messages_and_keep_the_recording(
                                 ch_names=["Fp1", "Fp2", "F3", "F4", "C3", "C4"])  # fmt: skip
     assert cli(calibrate_command, ["--subject", "S2", "--from", str(other), *common]) == 2
     out = capsys.readouterr().out
-    assert "lacks model channel(s)" in out and "Fp1" in out
+    assert "missing channel(s)" in out and "Fp1" in out
     # A window that is not the model's.
     argv = ["--subject", "S3", "--from", str(coded), "--tmax", "2.0", *common]
     assert cli(calibrate_command, argv) == 2
@@ -437,3 +437,120 @@ def test_cached_expert_features_give_the_same_outputs(base_dir):
     np.testing.assert_allclose(
         predict_proba(model, x, features=features), predict_proba(model, x), rtol=0, atol=1e-6
     )
+
+
+# -- profiles are verified at load (issue 12 item 7) ---------------------------------------
+
+
+def _save_test_profile(profiles_dir, base_dir, subject="S01"):
+    import copy
+
+    from rtmoe.profiles import save_profile
+
+    base = load_pretrained(base_dir)
+    fitted = copy.deepcopy(base.model)
+    with torch.no_grad():
+        fitted.head[-1].bias += 1.0
+    path = save_profile(
+        profiles_dir, subject, base=base, base_ref=str(base_dir), model=fitted,
+        labels=("negativity", "positivity"), alignment=np.eye(6, dtype=np.float32),
+        stream_ch_names=list(SCP1_CHANNELS), channel_index=np.arange(6),
+        settings={"alignment": "ea", "tuning": "head"}, metrics={"balanced_accuracy": 0.7},
+        quality={}, session=str(profiles_dir / subject / "sessions" / "20260101T000000"),
+    )  # fmt: skip
+    return base, path
+
+
+def _rewrite_meta(path, edit, rehash=True):
+    """Edit profile.json; with ``rehash`` its content hash is recomputed (a consistent lie)."""
+    from rtmoe.profiles import profile_content_hash
+
+    meta = json.loads((path / "profile.json").read_text())
+    edit(meta)
+    if rehash:
+        meta["content_sha256"] = profile_content_hash(meta)
+    (path / "profile.json").write_text(json.dumps(meta, indent=2))
+
+
+def _one_line_refusal(fn, *pieces):
+    with pytest.raises(ProfileError) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message and info.value.__cause__ is None
+    for piece in pieces:
+        assert piece in message, (piece, message)
+    return message
+
+
+def test_profile_with_flipped_weight_bytes_is_refused(tmp_path, base_dir):
+    _, path = _save_test_profile(tmp_path, base_dir)
+    weights = path / "weights.safetensors"
+    weights.write_bytes(bytes(b ^ 0xFF for b in weights.read_bytes()))
+    _one_line_refusal(
+        lambda: load_profile(tmp_path, "S01"),
+        str(weights),
+        "weights_sha256",
+        "rtmoe calibrate --subject S01 --from",
+        "rtmoe profiles remove --subject S01 --version 1",
+    )
+
+
+def test_profile_with_edited_config_is_refused(tmp_path, base_dir):
+    _, path = _save_test_profile(tmp_path, base_dir)
+    good = (path / "profile.json").read_text()
+    for edit in (
+        lambda m: m["settings"].update(alignment="none"),
+        lambda m: m.update(sfreq=100.0),
+        lambda m: m["labels"].append("neutral"),
+    ):
+        (path / "profile.json").write_text(good)
+        _rewrite_meta(path, edit, rehash=False)
+        _one_line_refusal(
+            lambda: load_profile(tmp_path, "S01"), str(path / "profile.json"), "content_sha256"
+        )
+    (path / "profile.json").write_text(good[: len(good) // 2])
+    _one_line_refusal(lambda: load_profile(tmp_path, "S01"), "not readable JSON")
+    (path / "profile.json").write_text(good)
+    assert load_profile(tmp_path, "S01").labels == ("negativity", "positivity")
+
+
+def test_profile_structure_is_checked_even_when_its_hash_fits(tmp_path, base_dir):
+    base, path = _save_test_profile(tmp_path, base_dir)
+    good = (path / "profile.json").read_text()
+    cases = [
+        (lambda m: m["labels"].append("neutral"), "3 labels"),
+        (lambda m: m.pop("labels"), "missing key(s) ['labels']"),
+        (lambda m: m["base_model"].pop("weights_sha256"), "base_model.weights_sha256"),
+        (lambda m: m.update(format=1), "format 1"),
+    ]
+    for edit, expected in cases:
+        (path / "profile.json").write_text(good)
+        _rewrite_meta(path, edit)
+        _one_line_refusal(lambda: load_profile(tmp_path, "S01"), str(path), expected)
+    # 3 labels and 3 outputs agree with each other but not with the 2-output head fitted.
+    (path / "profile.json").write_text(good)
+    _rewrite_meta(path, lambda m: m.update(labels=[*m["labels"], "neutral"], n_outputs=3))
+    profile = load_profile(tmp_path, "S01")
+    _one_line_refusal(
+        lambda: apply_profile(base, profile, list(SCP1_CHANNELS)),
+        str(path / "weights.safetensors"),
+        "3 labels",
+        "head.4",
+    )
+
+
+def test_bad_profile_is_one_line_at_the_cli(tmp_path, base_dir):
+    import subprocess
+    import sys
+
+    _, path = _save_test_profile(tmp_path, base_dir)
+    _rewrite_meta(path, lambda m: m.pop("channel_index"))
+    code = "import sys; from rtmoe.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = ["stream", "--lsl", "nothing", "--subject", "S01", "--profiles-dir", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "missing key(s) ['channel_index']" in line and str(path) in line
