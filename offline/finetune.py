@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rtmoe.checkpoint import EXPERT_KIND, CheckpointError, load_checkpoint, load_model
+from rtmoe.checkpoint import EXPERT_KIND, CheckpointError, load_checkpoint
 from rtmoe.cli import Command, UserError
 from rtmoe.config import Config, FinetuneConfig, MoEConfig, SignalConfig, load_config
-from rtmoe.models.registry import model_config
+from rtmoe.models.registry import load_expert, model_config
 from rtmoe.models.spechinet import SpecHiNet
 from rtmoe.models.specmoe import (
     SPECMOE_KIND,
@@ -180,7 +180,7 @@ def load_experts(paths: Sequence[str | Path]) -> tuple[list[SpecHiNet], Config]:
     """Pretrained experts and the config of the first; all must share one ModelConfig."""
     experts, configs = [], []
     for path in paths:
-        experts.append(load_model(path, kind=EXPERT_KIND))
+        experts.append(load_expert(path, kind=EXPERT_KIND))
         configs.append(load_checkpoint(path).config)
     if len({c.model for c in configs}) > 1:
         raise CheckpointError(

@@ -14,6 +14,10 @@ checkpoints below one folder and names the newest in a ``LATEST`` file (replaced
 atomically); :func:`load_checkpoint` follows that file, so the run folder itself can be
 passed wherever a checkpoint is expected.
 
+The format knows no model: building a model from a checkpoint is the models' job
+(``rtmoe.models.registry.load_expert``, ``rtmoe.models.specmoe.load_specmoe``), so
+``rtmoe.models`` imports this module and never the other way round.
+
 Optimizer and RNG states go through the same two formats: :func:`optimizer_state` splits
 ``optimizer.state_dict()`` into tensors (for ``state.safetensors``) and JSON (for
 ``meta.json``), and :func:`load_optimizer_state` reverses it bit-exactly.
@@ -111,7 +115,8 @@ def save_checkpoint(
     config : Config
         The resolved config tree.
     kind : str
-        What the weights are, e.g. :data:`EXPERT_KIND`; checked by :func:`load_model`.
+        What the weights are, e.g. :data:`EXPERT_KIND`; checked by the loaders
+        (``rtmoe.models.registry.load_expert``, ``rtmoe.models.specmoe.load_specmoe``).
     extra_state : mapping of str to Tensor, optional
         Extra tensors, e.g. from :func:`optimizer_state` and :func:`rng_state`.
     meta : mapping, optional
@@ -207,45 +212,6 @@ def write_latest(run_dir: str | Path, name: str) -> None:
     os.replace(tmp, run_dir / LATEST_FILE)
 
 
-def load_model(
-    directory: str | Path,
-    *,
-    kind: str = EXPERT_KIND,
-    model_name: str | None = None,
-    device: str | torch.device = "cpu",
-) -> torch.nn.Module:
-    """Build the model from a checkpoint's saved config and load its weights strictly.
-
-    Parameters
-    ----------
-    directory : str or Path
-        A checkpoint (or a run folder with ``LATEST``).
-    kind : str
-        Expected checkpoint kind; another kind is an error naming both.
-    model_name : str, optional
-        Expected size (e.g. ``"small"``); another size is an error naming both.
-    device : str or torch.device
-        Where the returned model lives; it is in eval mode.
-    """
-    from rtmoe.models.registry import build_model
-
-    ckpt = load_checkpoint(directory)
-    if ckpt.kind != kind:
-        raise CheckpointError(
-            f"checkpoint {ckpt.path} is a {ckpt.kind!r} checkpoint, not the {kind!r} "
-            f"asked for; pass a {kind!r} checkpoint or kind={ckpt.kind!r}"
-        )
-    if model_name is not None and ckpt.config.model.name != model_name:
-        raise CheckpointError(
-            f"checkpoint {ckpt.path} holds model size {ckpt.config.model.name!r}, not "
-            f"{model_name!r}; pass a {model_name!r} checkpoint or model_name="
-            f"{ckpt.config.model.name!r}"
-        )
-    model = build_model(ckpt.config.model, sfreq=ckpt.config.signal.sfreq)
-    load_weights(model, ckpt, model_name=ckpt.config.model.name)
-    return model.to(device).eval()
-
-
 def load_weights(
     model: torch.nn.Module, checkpoint: Checkpoint, *, model_name: str | None = None
 ) -> None:
@@ -269,7 +235,8 @@ def load_weights(
             f"{checkpoint.config.model.name!r}) does not fit the model ({ours}): "
             f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys "
             f"{unexpected[:3]}, {len(reshaped)} shape mismatches {reshaped[:3]}; build the "
-            "model with the checkpoint's config (rtmoe.checkpoint.load_model)"
+            "model with the checkpoint's config (rtmoe.models.registry.load_expert, "
+            "rtmoe.models.specmoe.load_specmoe)"
         )
     model.load_state_dict(checkpoint.weights, strict=True)
 

@@ -10,7 +10,7 @@ import torch
 
 from rtmoe import checkpoint as ck
 from rtmoe.config import Config, config_hash
-from rtmoe.models.registry import build_model, model_config
+from rtmoe.models.registry import build_model, load_expert, model_config
 
 
 def _tiny_cfg() -> Config:
@@ -71,7 +71,7 @@ def test_round_trip_bit_exact(tmp_path):
     assert meta["weights_sha256"] == digest
     assert meta["n_parameters"] == sum(p.numel() for p in model.parameters())
 
-    rebuilt = ck.load_model(path, model_name="tiny")
+    rebuilt = load_expert(path, model_name="tiny")
     model.eval()
     with torch.no_grad():
         assert torch.equal(rebuilt(x).recon_long, model(x).recon_long)
@@ -117,9 +117,9 @@ def test_kind_and_size_mismatch_name_both(tmp_path):
     model, _, _ = _trained_tiny(steps=0)
     path = ck.save_checkpoint(tmp_path / "c", model, _tiny_cfg(), kind=ck.EXPERT_KIND)
     with pytest.raises(ck.CheckpointError, match=r"'spechinet-expert'.*'specmoe'"):
-        ck.load_model(path, kind="specmoe")
+        load_expert(path, kind="specmoe")
     with pytest.raises(ck.CheckpointError, match="size 'tiny', not 'small'"):
-        ck.load_model(path, model_name="small")
+        load_expert(path, model_name="small")
     small = build_model("small")
     with pytest.raises(ck.CheckpointError, match=r"size 'tiny'\).*size 'small'.*shape mismatch"):
         ck.load_weights(small, ck.load_checkpoint(path), model_name="small")
@@ -323,3 +323,15 @@ def test_unverifiable_tensorrt_entry_is_rebuilt_not_loaded(tmp_path, monkeypatch
     assert "discarded and rebuilt" in engine.reason and "sha256" in engine.reason
     with pytest.raises(EngineError):
         verify_artifact(tmp_path / "nowhere" / ENGINE_FILE)
+
+
+def test_the_format_imports_no_model():
+    # rtmoe.models imports rtmoe.checkpoint (to load weights); never the other way round,
+    # not even lazily inside a function: no import cycle between the two.
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(ck))
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.startswith("rtmoe.models")]

@@ -17,11 +17,11 @@ import rtmoe.offline.pretrain as pt
 from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
 from rtmoe.offline.corpus.preprocess import preprocess_array
 from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter
-from rtmoe.checkpoint import LATEST_FILE, load_checkpoint, load_model
+from rtmoe.checkpoint import LATEST_FILE, load_checkpoint
 from rtmoe.cli import main
 from rtmoe.config import Config, PretrainConfig, save_config, to_dict
 from rtmoe.dsp.masking import spectral_mask
-from rtmoe.models.registry import model_config
+from rtmoe.models.registry import load_expert, model_config
 from rtmoe.models.spechinet import SpecHiNetOutput
 
 N_TRIALS = 8  # per development data set: 16 recordings, two shapes
@@ -255,7 +255,7 @@ def test_command_line_run_resume_and_errors(corpus_root, tmp_path, capsys):
     assert "expert" in capsys.readouterr().err
     assert main([*base, "--resume", "--no-progress"]) == 0  # reuses the run's config
     assert "completed" in capsys.readouterr().out
-    model = load_model(out, model_name="tiny")
+    model = load_expert(out, model_name="tiny")
     assert load_checkpoint(out).meta["expert"] == 1
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(1, 4, 240)).recon_short).all()
@@ -281,7 +281,7 @@ def test_torchrun_two_processes_gloo(corpus_root, tmp_path):
     history = json.loads((out / pt.HISTORY_FILE).read_text())
     assert history["train"] and all(math.isfinite(h["loss"]) for h in history["train"])
     assert math.isfinite(history["val"][-1]["model_loss"])
-    load_model(out)
+    load_expert(out)
 
 
 @pytest.mark.cuda

@@ -1,6 +1,12 @@
 """SpecHi-Net experts and the registry of named sizes."""
 
-from rtmoe.models.registry import MODEL_SIZES, build_model, init_weights, model_config
+from rtmoe.models.registry import (
+    MODEL_SIZES,
+    build_model,
+    init_weights,
+    load_expert,
+    model_config,
+)
 from rtmoe.models.spechinet import (
     AUX_FACTORS,
     TIME_DIVISOR,
@@ -20,5 +26,6 @@ __all__ = [
     "aux_lengths",
     "build_model",
     "init_weights",
+    "load_expert",
     "model_config",
 ]

@@ -14,8 +14,12 @@ encoders on a 4 s, 19-channel window at 200 Hz take about 20-26 ms on one CPU co
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from torch import nn
 
+from rtmoe.checkpoint import EXPERT_KIND, CheckpointError, load_checkpoint, load_weights
 from rtmoe.config import ConfigError, ModelConfig
 from rtmoe.models.spechinet import SpecHiNet
 
@@ -80,3 +84,40 @@ def init_weights(model: nn.Module, std: float = 0.02) -> nn.Module:
             nn.init.normal_(module.weight, 1.0, std)
             nn.init.zeros_(module.bias)
     return model
+
+
+def load_expert(
+    directory: str | Path,
+    *,
+    kind: str = EXPERT_KIND,
+    model_name: str | None = None,
+    device: str | torch.device = "cpu",
+) -> SpecHiNet:
+    """Build a pretrained expert from its checkpoint's saved config; load weights strictly.
+
+    Parameters
+    ----------
+    directory : str or Path
+        A checkpoint written by ``rtmoe pretrain`` (or its run folder with ``LATEST``).
+    kind : str
+        Expected checkpoint kind; another kind is a ``CheckpointError`` naming both.
+    model_name : str, optional
+        Expected size (e.g. ``"small"``); another size is an error naming both.
+    device : str or torch.device
+        Where the returned model lives; it is in eval mode.
+    """
+    ckpt = load_checkpoint(directory)
+    if ckpt.kind != kind:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} is a {ckpt.kind!r} checkpoint, not the {kind!r} "
+            f"asked for; pass a {kind!r} checkpoint or kind={ckpt.kind!r}"
+        )
+    if model_name is not None and ckpt.config.model.name != model_name:
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} holds model size {ckpt.config.model.name!r}, not "
+            f"{model_name!r}; pass a {model_name!r} checkpoint or model_name="
+            f"{ckpt.config.model.name!r}"
+        )
+    model = build_model(ckpt.config.model, sfreq=ckpt.config.signal.sfreq)
+    load_weights(model, ckpt, model_name=ckpt.config.model.name)
+    return model.to(device).eval()
