@@ -48,6 +48,14 @@ class LslOut:
         self._outlet = None
         self._sample = np.zeros(0, dtype=np.float32)
 
+    @property
+    def network_visible(self) -> str:
+        """What this sink shows other machines (``rtmoe stream`` needs ``--allow-remote``)."""
+        return (
+            f"an LSL stream {self.name!r} (type {self.type!r}) carrying every decode, "
+            "discoverable and readable by any machine on the local network"
+        )
+
     def open(self, context: PluginContext) -> None:
         import pylsl
 

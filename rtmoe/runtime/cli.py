@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import sys
+from importlib import resources
 from pathlib import Path
 
 from rtmoe.cli import Command, UserError
@@ -61,7 +64,8 @@ def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-remote",
         action="store_true",
-        help="allow a --zmq address reachable from other machines (unauthenticated)",
+        help="allow what other machines can see: a --zmq address reachable from the network "
+        "(unauthenticated) and --plugin lsl-out (an LSL stream discoverable on the LAN)",
     )
     parser.add_argument(
         "--single-frame",
@@ -95,23 +99,151 @@ def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _run_stream(args: argparse.Namespace) -> int:
-    from rtmoe.runtime.loop import Runtime
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
+
+def check_zmq_address(address: str, allow_remote: bool) -> str | None:
+    """Refuse a malformed ``--zmq`` endpoint, or a network-reachable one without opt-in.
+
+    Returns
+    -------
+    str or None
+        What the endpoint makes visible to other machines (for the ``--allow-remote``
+        warning), or None for a local endpoint.
+    """
+    from rtmoe.transport.publisher import is_loopback_address
+
+    transport, sep, rest = address.partition("://")
+    if not sep or transport not in ("tcp", "ipc", "inproc") or not rest:
+        raise UserError(
+            f"--zmq {address!r} is not a ZeroMQ bind endpoint; write tcp://127.0.0.1:PORT "
+            "(or ipc://PATH)"
+        )
+    if transport == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host or not (port == "*" or (port.isdigit() and int(port) < 65536)):
+            raise UserError(
+                f"--zmq {address!r} has no valid port; write tcp://127.0.0.1:PORT, e.g. "
+                f"{DEFAULT_ADDRESS} (port 0 or * binds a free one)"
+            )
+    if is_loopback_address(address):
+        return None
+    if not allow_remote:
+        raise UserError(
+            f"--zmq {address!r} is reachable from other machines (a wildcard, an interface "
+            "or another host); bind to tcp://127.0.0.1:PORT, or pass --allow-remote to "
+            "publish unauthenticated decodes on the network"
+        )
+    return (
+        f"ZeroMQ on {address}: every decode and status message, unauthenticated and "
+        "unencrypted, to anyone who can reach this machine on that port"
+    )
+
+
+def check_plugins(specs: list[str], allow_remote: bool) -> list[str]:
+    """Load every ``--plugin`` spec (a typo fails here) and refuse network sinks without opt-in.
+
+    A plugin that makes decodes visible to other machines says so in a ``network_visible``
+    attribute (e.g. ``lsl-out``: LSL outlets are discoverable by every machine on the
+    LAN); it needs ``--allow-remote`` like a network ``--zmq`` address. Returns those
+    descriptions, for the warning.
+    """
+    from rtmoe.runtime.plugins import load_plugin
+
+    exposed = []
+    for spec in specs:
+        what = getattr(load_plugin(spec), "network_visible", None)
+        if not what:
+            continue
+        if not allow_remote:
+            raise UserError(
+                f"--plugin {spec} publishes {what}; pass --allow-remote to allow that, or "
+                "drop the plugin"
+            )
+        exposed.append(f"--plugin {spec}: {what}")
+    return exposed
+
+
+def check_model_ref(ref: str, flag: str = "--model") -> None:
+    """A checkpoint folder or a shipped model name, checked without loading anything."""
+    path = Path(ref)
+    if path.exists():
+        if not ((path / "meta.json").is_file() or (path / "LATEST").is_file()):
+            raise UserError(
+                f"{flag} {ref}: the folder holds no checkpoint (no meta.json or LATEST); "
+                "pass a folder written by `rtmoe finetune --out` or a shipped model name"
+            )
+        return
+    shipped = Path(str(resources.files("rtmoe").joinpath("data", "models")))
+    names = sorted(p.name for p in shipped.iterdir() if (p / "meta.json").is_file())
+    if ref not in names:
+        raise UserError(
+            f"{flag} {ref!r} is neither a checkpoint folder nor a shipped model ({names}); "
+            "check the path, or pass a folder written by `rtmoe finetune --out`"
+        )
+
+
+def _check_stream_args(args: argparse.Namespace) -> tuple[dict, RuntimeConfig, list[str]]:
+    """Every check that needs no model, no torch and no LSL: fails in milliseconds."""
     query = {"name": args.lsl, "type": args.lsl_type, "source_id": args.source_id}
     query = {k: v for k, v in query.items() if v is not None}
     if not query:
         raise UserError("give the stream to decode: --lsl NAME (or --lsl-type / --source-id)")
+    exposed = []
+    zmq = check_zmq_address(args.zmq, args.allow_remote)
+    if zmq:
+        exposed.append(zmq)
+    exposed += check_plugins(args.plugin, args.allow_remote)
+    if args.duration_s is not None and not args.duration_s > 0:
+        raise UserError(f"--duration-s {args.duration_s:g} must be > 0 seconds (or omitted)")
+    if args.profile_version is not None and not args.subject:
+        raise UserError("--profile-version needs --subject (whose profile version to load)")
+    if args.profile_version is not None and args.profile_version < 1:
+        raise UserError(f"--profile-version {args.profile_version} must be >= 1 (v001 is 1)")
+    if not _DEVICE.match(args.device):
+        raise UserError(f"--device {args.device!r} must be auto, cpu, cuda or cuda:N")
+    if args.model:
+        check_model_ref(args.model)
     cfg = _runtime_config(
         args, allow_remote=args.allow_remote, single_frame=args.single_frame, fill=args.fill
     )
+    cfg.validate()
+    return query, cfg, exposed
+
+
+def _warn_remote(args: argparse.Namespace, exposed: list[str]) -> None:
+    """The one ``--allow-remote`` warning: what other machines can now see."""
+    if not args.allow_remote:
+        return
+    if exposed:
+        print(
+            "WARNING: --allow-remote: visible from other machines: " + "; ".join(exposed),
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        print(
+            f"WARNING: --allow-remote given, but nothing is exposed: --zmq {args.zmq} is "
+            "local and no plugin publishes on the network",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _run_stream(args: argparse.Namespace) -> int:
+    query, cfg, exposed = _check_stream_args(args)  # before any model load or LSL resolve
     profile = None
     if args.subject:
         from rtmoe.profiles import default_profiles_dir, load_profile
 
         profiles_dir = args.profiles_dir or default_profiles_dir()
         profile = load_profile(profiles_dir, args.subject, args.profile_version)
+        if not args.model:
+            check_model_ref(profile.base_model, f"profile {profile.path} base model")
     model = args.model or (profile.base_model if profile else "default")
+    _warn_remote(args, exposed)
+    from rtmoe.runtime.loop import Runtime
+
     try:
         runtime = Runtime(
             model, query, cfg, cache_dir=args.cache_dir, plugins=args.plugin, profile=profile
@@ -138,6 +270,9 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    check_zmq_address(args.zmq, allow_remote=False)  # before the model loads
+    if args.model:
+        check_model_ref(args.model)
     from rtmoe.runtime.demo import run_demo
 
     summary = run_demo(
