@@ -79,14 +79,14 @@ def _add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_base(ref: str) -> tuple[LoadedSpecMoE, str]:
-    from rtmoe.models.pretrained import load_pretrained
+    from rtmoe.models.shipped import UnknownModelError, load_model
 
     path = Path(ref)
     ref = str(path.resolve()) if path.exists() else ref
     try:
-        return load_pretrained(ref), ref
-    except KeyError as err:
-        raise UserError(err.args[0]) from None
+        return load_model(ref), ref
+    except UnknownModelError as err:
+        raise UserError(str(err)) from None
 
 
 def _classes(args: argparse.Namespace, base: LoadedSpecMoE) -> tuple[dict, tuple[str, ...]]:

@@ -28,7 +28,7 @@ channel names or mapping), with a message saying which model and channels it nee
 Live use (what ``rtmoe stream --subject S01`` does)::
 
     profile = load_profile(profiles_dir, "S01")
-    loaded = apply_profile(load_pretrained(profile.base_model), profile, stream_ch_names)
+    loaded = apply_profile(load_model(profile.base_model), profile, stream_ch_names)
     # for every preprocessed chunk y (n_chans, m), before the ring buffer / PSD:
     y = apply_alignment(y, profile.alignment)
 """

@@ -20,8 +20,8 @@ from rtmoe.calibration.session import Session, marker_label, read_session
 from rtmoe.checkpoint import save_checkpoint
 from rtmoe.cli import UserError
 from rtmoe.config import Config, SignalConfig
-from rtmoe.models.pretrained import load_pretrained
 from rtmoe.models.registry import model_config
+from rtmoe.models.shipped import load_model
 from rtmoe.models.specmoe import SPECMOE_KIND, TaskConfig, build_specmoe, specmoe_meta
 from rtmoe.profiles import (
     ProfileError,
@@ -293,7 +293,7 @@ def test_quality_finds_flat_noisy_line_noise_rate_and_jitter(tmp_path):
 
 
 def test_fit_learns_a_separable_task_and_refuses_too_few_trials(base_dir):
-    base = load_pretrained(base_dir)
+    base = load_model(base_dir)
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 12)
     X = 0.05 * rng.normal(size=(24, 6, 700)).astype(np.float32)
@@ -309,7 +309,7 @@ def test_fit_learns_a_separable_task_and_refuses_too_few_trials(base_dir):
 def test_profile_round_trip_and_refusals(tmp_path, base_dir):
     from rtmoe.profiles import save_profile
 
-    base = load_pretrained(base_dir)
+    base = load_model(base_dir)
     model = base.model
     import copy
 
@@ -338,7 +338,7 @@ def test_profile_round_trip_and_refusals(tmp_path, base_dir):
     torch.testing.assert_close(applied.model.head[-1].bias, fitted.head[-1].bias)
     assert load_profile(tmp_path, "S01").version == 2
     # Another base model (other weights) and another montage are refused.
-    other = load_pretrained(make_base_model(tmp_path / "other", seed=1))
+    other = load_model(make_base_model(tmp_path / "other", seed=1))
     with pytest.raises(ProfileError, match="calibrated on model"):
         apply_profile(other, prof)
     with pytest.raises(ProfileError, match="calibrated with stream channels"):
@@ -414,7 +414,7 @@ def test_calibrate_bad_inputs_give_clear_messages_and_keep_the_recording(
 def test_cached_expert_features_give_the_same_outputs(base_dir):
     from rtmoe.calibration.fit import cached_features, predict_proba, train
 
-    model = load_pretrained(base_dir).model
+    model = load_model(base_dir).model
     x = 0.2 * torch.randn(5, 6, 700, generator=torch.Generator().manual_seed(0))
     psd = model.psd(x)
     with torch.no_grad():
@@ -447,7 +447,7 @@ def _save_test_profile(profiles_dir, base_dir, subject="S01"):
 
     from rtmoe.profiles import save_profile
 
-    base = load_pretrained(base_dir)
+    base = load_model(base_dir)
     fitted = copy.deepcopy(base.model)
     with torch.no_grad():
         fitted.head[-1].bias += 1.0

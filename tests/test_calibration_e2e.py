@@ -27,7 +27,7 @@ from rtmoe.calibration.fit import evaluate, predict_proba  # noqa: E402
 from rtmoe.calibration.record import MarkerInlet, record_replay  # noqa: E402
 from rtmoe.calibration.session import Session, read_session  # noqa: E402
 from rtmoe.config import RuntimeConfig  # noqa: E402
-from rtmoe.models.pretrained import load_pretrained  # noqa: E402
+from rtmoe.models.shipped import load_model  # noqa: E402
 from rtmoe.profiles import apply_alignment, load_profile  # noqa: E402
 from rtmoe.runtime.channels import map_channels  # noqa: E402
 from rtmoe.runtime.loop import Runtime  # noqa: E402
@@ -208,7 +208,7 @@ def test_ctrl_c_then_resume_over_lsl_keeps_every_trial(tmp_path, capsys):
     assert [r["n_markers"] for r in rec.meta["runs"]] == [12, 12]
     assert rec.meta["runs"][0]["stopped_by"] == "Ctrl-C"
     # The same trials as an uninterrupted session: every marker, its own window.
-    loaded = load_pretrained(base_dir)
+    loaded = load_model(base_dir)
     labels = loaded.task.labels
     args = (np.arange(6), loaded.config.signal, 700, {v: v for v in labels}, labels)
     resumed = epoch_recording(rec, *args)

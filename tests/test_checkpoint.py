@@ -236,9 +236,9 @@ def test_bad_safetensors_with_a_matching_sha256_is_a_checkpoint_error(tmp_path):
 
 
 def test_shipped_default_model_verifies():
-    from rtmoe.models.pretrained import pretrained_path
+    from rtmoe.models.shipped import shipped_path
 
-    loaded = ck.load_checkpoint(pretrained_path("default"))
+    loaded = ck.load_checkpoint(shipped_path("default"))
     assert loaded.meta["config_hash"] == ck.file_config_hash(loaded.path / ck.CONFIG_FILE)
     assert loaded.meta["config_hash"] == config_hash(loaded.config)
 

@@ -32,7 +32,7 @@ from rtmoe.offline.finetune import TASK_SIGNALS, finetune
 from rtmoe.offline.pretrain import pretrain_expert
 from rtmoe.checkpoint import LATEST_FILE
 from rtmoe.config import Config, load_config
-from rtmoe.models.pretrained import pretrained_path
+from rtmoe.models.shipped import shipped_path
 
 RECIPE_CONFIG = Path(__file__).with_name("default_model.toml")
 TASK = "SelfRegulationSCP1"
@@ -126,7 +126,7 @@ def model_card(out: Path, report: dict[str, Any]) -> str:
     )
     return f"""# rtmoe default model: SpecMoE decoder for slow cortical potentials
 
-Load with `rtmoe.models.pretrained.load_pretrained("default")`.
+Load with `rtmoe.models.shipped.load_model("default")`.
 
 ## Task
 SelfRegulationSCP1 (BCI Competition II, data set Ia; one healthy subject): 3.5 s trials,
@@ -184,7 +184,7 @@ tangent space 0.553; competition winner 88.7 %. See bench/README.md for the benc
 
 def install(out: Path, text: str, name: str = "default") -> Path:
     """Copy ``out/default`` (weights, config, meta) into the package with its model card."""
-    target = pretrained_path(name, must_exist=False)
+    target = shipped_path(name, must_exist=False)
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(out / "default", target)

@@ -53,7 +53,7 @@ import torch
 from rtmoe.config import RuntimeConfig
 from rtmoe.dsp.spectral import welch_nperseg, welch_psd
 from rtmoe.engine import build_engine
-from rtmoe.models.pretrained import load_pretrained
+from rtmoe.models.shipped import load_model
 from rtmoe.models.specmoe import LoadedSpecMoE
 from rtmoe.profiles import Profile, apply_profile
 from rtmoe.runtime.channels import map_channels
@@ -135,18 +135,6 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but no CUDA GPU is visible; use --device cpu")
     return resolved
-
-
-def load_model(model: str | Path | LoadedSpecMoE, device: torch.device) -> LoadedSpecMoE:
-    """A fine-tuned SpecMoE from a shipped name, a checkpoint folder, or as given."""
-    if isinstance(model, LoadedSpecMoE):
-        return LoadedSpecMoE(
-            model.model.to(device).eval(), model.config, model.task, model.moe, model.checkpoint
-        )
-    try:
-        return load_pretrained(model, device)
-    except KeyError as err:  # an unknown name: a user error, named in the message
-        raise ValueError(err.args[0]) from None
 
 
 class Runtime:

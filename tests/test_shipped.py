@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from rtmoe.models.pretrained import PRETRAINED, load_pretrained, pretrained_path
+from rtmoe.checkpoint import WEIGHTS_FILE
+from rtmoe.models.shipped import SHIPPED_MODELS, UnknownModelError, load_model, shipped_path
 from rtmoe.models.specmoe import SPECMOE_KIND
 
 SCP1_CHANNELS = ("A1-Cz", "A2-Cz", "C3f", "C3p", "C4f", "C4p")
@@ -16,13 +17,13 @@ SCP1_CHANNELS = ("A1-Cz", "A2-Cz", "C3f", "C3p", "C4f", "C4p")
 def default():
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load_pretrained("default")
+    yield load_model("default")
     torch.set_num_threads(previous)
 
 
 def test_default_is_shipped_with_a_model_card():
-    path = pretrained_path("default")
-    assert (path / "model.safetensors").is_file()
+    path = shipped_path("default")
+    assert (path / WEIGHTS_FILE).is_file()
     card = (path / "MODEL_CARD.md").read_text()
     for section in ("## Data and recipe", "## Test metrics", "## Limits"):
         assert section in card
@@ -43,13 +44,15 @@ def test_default_config_and_task_are_the_documented_ones(default):
 
 
 def test_path_is_accepted_and_unknown_names_are_listed(default):
-    again = load_pretrained(pretrained_path("default"))
+    again = load_model(shipped_path("default"))
     assert again.task == default.task
-    with pytest.raises(KeyError, match="default"):
-        load_pretrained("no-such-model")
-    with pytest.raises(KeyError, match=r"\['default'\]"):
-        pretrained_path("nope")
-    assert set(PRETRAINED) == {"default"}
+    assert load_model(default).model is default.model  # a loaded model passes through
+    with pytest.raises(UnknownModelError, match="default"):
+        load_model("no-such-model")
+    with pytest.raises(UnknownModelError, match=r"\['default'\]") as err:
+        shipped_path("nope")
+    assert isinstance(err.value, KeyError) and isinstance(err.value, ValueError)
+    assert set(SHIPPED_MODELS) == {"default"}
 
 
 def test_default_decodes_real_scp1_test_trials(default):
