@@ -3,60 +3,81 @@
 offline/, calibration/ and plugins/ register their commands there, so this trunk never
 imports them. Every command's ``run`` returns an exit code, and ``main(argv)`` can be
 called from tests.
+
+Startup stays light (``rtmoe --help`` and ``rtmoe --version`` import no torch, numpy or
+engine): the entry points name :class:`~rtmoe.command.LazyCommand` stubs, and only the
+subcommand on the command line gets its arguments added, which is when its module is
+imported. A command given as a plain :class:`~rtmoe.command.Command` works the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 from rtmoe import __version__
-from rtmoe.engine.base import EngineError
+
+# Re-exported: commands written against `rtmoe.cli` keep working.
+from rtmoe.command import Command, LazyCommand, UserError
+
+__all__ = ["Command", "LazyCommand", "UserError", "build_parser", "main"]
 
 
-@dataclass(frozen=True)
-class Command:
-    """One subcommand: a one-line help, its arguments and the function that runs it."""
-
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 2, no traceback."""
+def _requested(argv: Sequence[str], names: set[str]) -> str | None:
+    """The subcommand named on the command line (the top level takes only flags)."""
+    for token in argv:
+        if not token.startswith("-"):
+            return token if token in names else None
+    return None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``rtmoe`` parser; only the subcommand named in ``argv`` gets its arguments.
+
+    ``argv=None`` reads ``sys.argv[1:]``, as ``parse_args`` does.
+    """
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
         prog="rtmoe", description="Real-time SpecMoE EEG decoding: offline, calibration, live."
     )
     parser.add_argument("--version", action="version", version=f"rtmoe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for ep in sorted(entry_points(group="rtmoe.commands"), key=lambda e: e.name):
-        command: Command = ep.load()
+    eps = sorted(entry_points(group="rtmoe.commands"), key=lambda e: e.name)
+    requested = _requested(argv, {ep.name for ep in eps})
+    for ep in eps:
+        command: Command | LazyCommand = ep.load()
         sub_parser = sub.add_parser(ep.name, help=command.help, description=command.help)
-        command.add_arguments(sub_parser)
-        sub_parser.set_defaults(_run=command.run)
+        if ep.name == requested:
+            command.add_arguments(sub_parser)
+            sub_parser.set_defaults(_run=command.run)
     return parser
 
 
+def _is_user_error(err: BaseException) -> bool:
+    """ValueError covers ConfigError and the data pipeline's input errors, whose messages
+    already name the problem and the fix; EngineError a missing extra or a failed parity
+    check (looked up only if the engines were imported: otherwise none was raised)."""
+    if isinstance(err, (UserError, ValueError, FileNotFoundError)):
+        return True
+    engine_base = sys.modules.get("rtmoe.engine.base")
+    return engine_base is not None and isinstance(err, engine_base.EngineError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args._run(args)
-    except (UserError, ValueError, FileNotFoundError, EngineError) as err:
-        # ValueError covers ConfigError and the data pipeline's input errors, whose
-        # messages already name the problem and the fix; EngineError a missing extra or a
-        # failed parity check.
-        print(f"rtmoe {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"rtmoe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not _is_user_error(err):
+            raise
+        print(f"rtmoe {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

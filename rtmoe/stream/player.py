@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtmoe.cli import Command
+from rtmoe.command import Command
 from rtmoe.stream.replay import Replay, demo_recording_path, load_replay, marker_sample
 
 
