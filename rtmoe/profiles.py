@@ -56,7 +56,8 @@ from rtmoe import __version__
 from rtmoe.models.specmoe import LoadedSpecMoE, SpecMoE
 
 PROFILE_FILE = "profile.json"
-WEIGHTS_FILE = "weights.safetensors"
+#: A profile's tensors (not a checkpoint's: that is ``rtmoe.checkpoint.WEIGHTS_FILE``).
+PROFILE_WEIGHTS_FILE = "weights.safetensors"
 ALIGNMENT_KEY = "alignment.matrix"
 #: 2: ``profile.json`` carries ``content_sha256`` and ``weights_sha256`` (format 1 had none).
 PROFILE_FORMAT = 2
@@ -259,7 +260,7 @@ def save_profile(
     tmp = root / f".v{version:03d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    (tmp / WEIGHTS_FILE).write_bytes(blob)
+    (tmp / PROFILE_WEIGHTS_FILE).write_bytes(blob)
     (tmp / PROFILE_FILE).write_text(json.dumps(meta, indent=2))
     (tmp / "quality.json").write_text(json.dumps(quality, indent=2))
     (tmp / "metrics.json").write_text(json.dumps(cv_results, indent=2))
@@ -353,7 +354,7 @@ def read_profile_meta(path: str | Path) -> dict[str, Any]:
 
 
 def _read_weights(path: Path, meta: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    file = path / WEIGHTS_FILE
+    file = path / PROFILE_WEIGHTS_FILE
     try:
         blob = file.read_bytes()
     except FileNotFoundError:
@@ -409,14 +410,14 @@ def _check_structure(
     if sorted(weights) != sorted(meta["changed_tensors"]):
         raise bad(
             f"changed_tensors {meta['changed_tensors'][:3]}... do not list the tensors in "
-            f"{WEIGHTS_FILE} {sorted(weights)[:3]}..."
+            f"{PROFILE_WEIGHTS_FILE} {sorted(weights)[:3]}..."
         )
     if matrix is not None and tuple(matrix.shape) != (n_model, n_model):
         raise bad(
             f"{ALIGNMENT_KEY} has shape {tuple(matrix.shape)}, expected ({n_model}, {n_model})"
         )
     if (matrix is None) != (meta["alignment"] == "none"):
-        raise bad(f"alignment={meta['alignment']!r} but {WEIGHTS_FILE} "
+        raise bad(f"alignment={meta['alignment']!r} but {PROFILE_WEIGHTS_FILE} "
                   f"{'lacks' if matrix is None else 'holds'} {ALIGNMENT_KEY}")  # fmt: skip
 
 
@@ -540,7 +541,7 @@ def apply_profile(
     ]
     if reshaped:
         raise ProfileError(
-            f"{profile.path / WEIGHTS_FILE} does not fit the model with the "
+            f"{profile.path / PROFILE_WEIGHTS_FILE} does not fit the model with the "
             f"{len(profile.labels)} labels {list(profile.labels)} of {PROFILE_FILE} "
             f"({', '.join(reshaped[:3])}); {_fix(profile.path, profile.meta)}"
         )
