@@ -384,10 +384,15 @@ def fit_subject(
     return FitResult(model.eval(), matrix, settings, metrics, candidates, labels)
 
 
-def evaluate(
+def score_windows(
     model: SpecMoE, alignment: np.ndarray | None, X: np.ndarray, y: np.ndarray
 ) -> dict[str, Any]:
-    """Metrics of a fitted model (with its alignment) on windows ``X`` and classes ``y``."""
+    """Metrics of a fitted model (with its alignment) on windows ``X`` and classes ``y``.
+
+    ``X (n, n_chans, n_times)`` are preprocessed windows in model units, as
+    `rtmoe.calibration.epochs.epoch_recording` cuts them; raw trials of a data set are
+    scored by `rtmoe.offline.evaluate.evaluate` (the one ``evaluate``).
+    """
     proba = predict_proba(model, torch.from_numpy(apply_alignment(X, alignment)))
     metrics = classification_metrics(y, proba)
     metrics["confusion"] = confusion_matrix(y, proba.argmax(1), proba.shape[1]).tolist()

@@ -23,7 +23,7 @@ from test_calibration import build_trials_fif, cli, make_base_model  # noqa: E40
 
 from rtmoe.calibration.cli import calibrate_command  # noqa: E402
 from rtmoe.calibration.epochs import epoch_recording  # noqa: E402
-from rtmoe.calibration.fit import evaluate, predict_proba  # noqa: E402
+from rtmoe.calibration.fit import predict_proba, score_windows  # noqa: E402
 from rtmoe.calibration.record import MarkerInlet, record_replay  # noqa: E402
 from rtmoe.calibration.session import Session, read_session  # noqa: E402
 from rtmoe.config import RuntimeConfig  # noqa: E402
@@ -135,7 +135,7 @@ def test_calibrate_over_lsl_then_live_accuracy_equals_offline(tmp_path, capsys):
         {lab: lab for lab in labels}, labels,
     )  # fmt: skip
     assert len(trials.y) == N_TEST
-    offline = evaluate(loaded.model, profile.alignment, trials.X, trials.y)
+    offline = score_windows(loaded.model, profile.alignment, trials.X, trials.y)
     offline_pred = [labels[i] for i in offline["predictions"]]
     truth = [label for _, label in markers]
     assert truth == [labels[i] for i in trials.y]
