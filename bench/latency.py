@@ -298,7 +298,7 @@ def run_rtmoe(
     from pylsl import local_clock
 
     from rtmoe.config import RuntimeConfig
-    from rtmoe.runtime import STAGES, Runtime
+    from rtmoe.runtime.loop import STAGES, Runtime
     from rtmoe.transport import ZmqPublisher
 
     cfg = RuntimeConfig(

@@ -42,7 +42,7 @@ from latency import (
 from pylsl import local_clock
 
 from rtmoe.config import RuntimeConfig
-from rtmoe.runtime import STAGES, Runtime
+from rtmoe.runtime.loop import STAGES, Runtime
 from rtmoe.stream.lsl import LslSource
 from rtmoe.transport import ZmqPublisher
 

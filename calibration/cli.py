@@ -228,7 +228,7 @@ def _record(args, base, class_map, labels, index_fn, root: Path, extra: dict) ->
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from rtmoe.runtime.channels import map_channels
+    from rtmoe.signal.channels import map_channels
 
     check_subject(args.subject)
     if args.from_file is not None and args.lsl is not None:

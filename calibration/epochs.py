@@ -3,8 +3,8 @@
 The recorded stream is cut into continuous segments wherever consecutive timestamps are
 further apart than ``max_gap_s`` (the runtime's ``runtime.max_gap_ms``; the pause
 between two runs of a resumed session is such a gap). Each segment runs through the
-runtime's own `rtmoe.runtime.preprocess.StreamPreprocessor` (channel map, streaming
-resampler, causal filter, model units), started afresh at its first sample as the
+one signal chain, `rtmoe.signal` (channel map, streaming resampler,
+causal filter, model units), started afresh at its first sample as the
 runtime does after a gap. Every output sample carries the timestamp of the newest input
 it reads. A marker at LSL time ``t`` opens its window at the first output sample whose
 timestamp is ``t`` or later (within half an input period, so clock-correction jitter of
@@ -21,13 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from rtmoe.calibration.session import Recording
-from rtmoe.config import SignalConfig
-from rtmoe.runtime.preprocess import StreamPreprocessor, continuity_breaks
 
-#: Samples per chunk fed to the preprocessor (the result does not depend on it).
-CHUNK_SAMPLES = 4096
+from rtmoe.config import SignalConfig
+from rtmoe.signal.chain import continuity_breaks, preprocess_recording
 
 
 @dataclass(frozen=True)
@@ -97,22 +94,18 @@ def split_segments(times: np.ndarray, max_gap_s: float) -> list[tuple[int, int]]
 def preprocess_segments(
     rec: Recording, index: np.ndarray, signal: SignalConfig, max_gap_s: float
 ) -> list[Segment]:
-    """Run the live preprocessing over each continuous segment of a recording."""
+    """Run the signal chain over each continuous segment of a recording, afresh at its
+    first sample as the runtime restarts it after a gap."""
     segments = []
     bounds = split_segments(rec.times, max_gap_s)
     for k, (a, b) in enumerate(bounds):
-        prep = StreamPreprocessor(index, rec.sfreq, signal)
-        xs, ts = [], []
-        for lo in range(a, b, CHUNK_SAMPLES):
-            hi = min(lo + CHUNK_SAMPLES, b)
-            y, newest = prep.process(np.asarray(rec.data[:, lo:hi], dtype=np.float32))
-            xs.append(y)
-            ts.append(rec.times[lo + newest])
+        # float32 as the live inlet delivers it: the segment's samples are the live ones.
+        x, newest = preprocess_recording(
+            np.asarray(rec.data[:, a:b], dtype=np.float32), rec.sfreq, signal, index
+        )
         steps = np.diff(rec.times[a:b])
         half = float(np.median(steps)) / 2 if steps.size else 0.5 / rec.sfreq
-        segments.append(
-            Segment(np.concatenate(xs, axis=1), np.concatenate(ts), half, k == len(bounds) - 1)
-        )
+        segments.append(Segment(x, rec.times[a + newest], half, k == len(bounds) - 1))
     return segments
 
 
@@ -135,7 +128,7 @@ def epoch_recording(
     rec : Recording
         From `rtmoe.calibration.session.read_session`.
     index : ndarray, shape (n_model_chans,), int
-        Stream row feeding each model channel (`rtmoe.runtime.channels.map_channels`).
+        Stream row feeding each model channel (`rtmoe.signal.channels.map_channels`).
     signal : SignalConfig
         The model's preprocessing.
     n_times : int

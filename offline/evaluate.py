@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from rtmoe.offline.finetune import add_data_arguments, load_trials, predict, prepare_trials
+from rtmoe.offline.finetune import add_data_arguments, load_trials, predict
 from rtmoe.offline.metrics import classification_metrics, confusion_matrix, regression_metrics
+
 from rtmoe.cli import Command
 from rtmoe.models.specmoe import LoadedSpecMoE, TaskConfig, load_specmoe
+from rtmoe.signal import map_channels, preprocess_trials
 
 
 @dataclass(frozen=True)
@@ -53,25 +54,6 @@ class Evaluation:
     gates: np.ndarray
     confusion: np.ndarray | None
     gates_per_class: np.ndarray | None
-
-
-def select_channels(X: np.ndarray, ch_names: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
-    """Rows of ``X (n_trials, n_chans, n_times)`` for ``wanted``, matched case-insensitively.
-
-    Raises
-    ------
-    ValueError
-        Electrodes the checkpoint needs are missing from ``ch_names``.
-    """
-    index = {name.upper(): i for i, name in enumerate(ch_names)}
-    missing = [name for name in wanted if name.upper() not in index]
-    if missing:
-        raise ValueError(
-            f"the data lack electrodes {missing} that the checkpoint was trained on "
-            f"({list(wanted)}); the data have {list(ch_names)}; record these electrodes "
-            "or fine-tune a model for this montage"
-        )
-    return np.asarray(X)[:, [index[name.upper()] for name in wanted]]
 
 
 def _targets(y: np.ndarray, task: TaskConfig) -> np.ndarray:
@@ -117,7 +99,10 @@ def evaluate(
     if len(y) != len(X):
         raise ValueError(f"{len(y)} labels for {len(X)} trials; give one label per trial")
     targets = _targets(y, task)
-    Xp = prepare_trials(select_channels(X, ch_names, task.ch_names), sfreq, loaded.config.signal)
+    # The live rule (T7 feeds T3): what decodes live is what evaluates.
+    fix = "record these electrodes or fine-tune a model for this montage"
+    rows = map_channels(ch_names, task.ch_names, fix=fix)
+    Xp = preprocess_trials(np.asarray(X)[:, rows], sfreq, loaded.config.signal)
     if Xp.shape[-1] != task.n_times:
         sfreq_model = loaded.config.signal.sfreq
         raise ValueError(

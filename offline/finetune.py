@@ -40,6 +40,7 @@ from rtmoe.models.specmoe import (
     build_specmoe,
     specmoe_meta,
 )
+from rtmoe.signal import preprocess_trials
 
 #: Preprocessing the recipe and bench use per development task (chosen by task, never by
 #: file name; the CLI takes its filters from ``--config`` and the options). SCP1's
@@ -85,31 +86,6 @@ class FinetuneResult:
     @property
     def best(self) -> dict[str, Any]:
         return self.history[self.best_epoch - 1]
-
-
-def prepare_trials(X: np.ndarray, sfreq: float, signal: SignalConfig) -> np.ndarray:
-    """Preprocess trials exactly as corpora and the live path do.
-
-    Parameters
-    ----------
-    X : ndarray, shape (n_trials, n_chans, n_times), µV
-    sfreq : float
-        Rate of ``X`` in Hz.
-    signal : SignalConfig
-
-    Returns
-    -------
-    ndarray, shape (n_trials, n_chans, ceil(n_times * signal.sfreq / sfreq)), float32,
-    model units.
-    """
-    from rtmoe.offline.corpus.preprocess import preprocess_array
-
-    X = np.asarray(X)
-    if X.ndim != 3:
-        raise ValueError(f"X has shape {X.shape}; give trials as (n_trials, n_chans, n_times)")
-    n_trials, n_chans, n_times = X.shape
-    rows = preprocess_array(X.reshape(n_trials * n_chans, n_times), sfreq, signal)
-    return rows.reshape(n_trials, n_chans, -1)
 
 
 def encode_labels(
@@ -320,9 +296,9 @@ def finetune(
     progress : bool
         Show a tqdm bar over epochs.
     """
+    from rtmoe.offline.metrics import classification_metrics, regression_metrics
     from tqdm.auto import tqdm
 
-    from rtmoe.offline.metrics import classification_metrics, regression_metrics
     from rtmoe.checkpoint import save_checkpoint
 
     cfg = cfg or FinetuneConfig()
@@ -358,7 +334,7 @@ def finetune(
 
     loaded, base = load_experts(experts) if experts else (None, Config())
     config = _task_config(base, signal, bool(experts), model_name)
-    Xp = prepare_trials(X, sfreq, config.signal)
+    Xp = preprocess_trials(X, sfreq, config.signal)
     task = TaskConfig(
         name=task_name,
         ch_names=tuple(ch_names),

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
+
 from rtmoe.cli import Command, UserError
 from rtmoe.config import Config
-from rtmoe.dsp.filters import resample
 from rtmoe.dsp.masking import KINDS, TF, TIME, MaskDraw, spectral_mask
 from rtmoe.dsp.spectral import stft, stft_freqs, stft_params
+from rtmoe.signal import preprocess_trials
 
 
 def plot_mask_preview(
@@ -138,8 +138,7 @@ def _run(args: argparse.Namespace) -> int:
     if not 0 <= args.chan < n_chans:
         raise UserError(f"--chan={args.chan} is out of range; {args.dataset} has {n_chans}")
     sfreq = cfg.signal.sfreq
-    trial = resample(trials.X[args.index], trials.sfreq, sfreq) / cfg.signal.unit_uv
-    x = torch.from_numpy(trial.astype(np.float32))[None]
+    x = torch.from_numpy(preprocess_trials(trials.X[args.index], trials.sfreq, cfg.signal))[None]
     generator = torch.Generator().manual_seed(args.seed)
     x_masked, draw = spectral_mask(x, sfreq, cfg.spectral, cfg.mask, generator)
     n_fft, hop = stft_params(x.shape[-1], sfreq, cfg.spectral)

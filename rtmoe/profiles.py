@@ -29,8 +29,7 @@ Live use (what ``rtmoe stream --subject S01`` does)::
 
     profile = load_profile(profiles_dir, "S01")
     loaded = apply_profile(load_model(profile.base_model), profile, stream_ch_names)
-    # for every preprocessed chunk y (n_chans, m), before the ring buffer / PSD:
-    y = apply_alignment(y, profile.alignment)
+    # rtmoe.signal.SignalChain applies profile.alignment to every preprocessed chunk
 """
 
 from __future__ import annotations
@@ -54,6 +53,7 @@ from torch import nn
 
 from rtmoe import __version__
 from rtmoe.models.specmoe import LoadedSpecMoE, SpecMoE
+from rtmoe.signal.channels import map_channels
 
 PROFILE_FILE = "profile.json"
 #: A profile's tensors (not a checkpoint's: that is ``rtmoe.checkpoint.WEIGHTS_FILE``).
@@ -91,7 +91,7 @@ class Profile:
     weights : dict of str to Tensor
         State-dict entries that replace the base model's.
     alignment : ndarray, shape (n_chans, n_chans), float32, or None
-        Applied to preprocessed samples before windowing (`apply_alignment`).
+        Applied to preprocessed samples before windowing (`rtmoe.signal.apply_alignment`).
     """
 
     path: Path
@@ -128,33 +128,6 @@ def check_subject(subject: str) -> str:
             "digits, '.', '_' or '-' (it names a folder), e.g. S01"
         )
     return subject
-
-
-def apply_alignment(x: np.ndarray | torch.Tensor, matrix: np.ndarray | None):
-    """Mix channels by ``matrix``: ``matrix @ x`` over the channel axis.
-
-    The map is linear and the same for every sample, so applying it to each streamed
-    chunk equals applying it to each window cut from the stream.
-
-    Parameters
-    ----------
-    x : ndarray or Tensor, shape (..., n_chans, n_times)
-    matrix : ndarray, shape (n_chans, n_chans), or None (identity: ``x`` returned as is)
-
-    Returns
-    -------
-    Same type, shape and dtype as ``x``.
-    """
-    if matrix is None:
-        return x
-    if x.shape[-2] != matrix.shape[1]:
-        raise ValueError(
-            f"x has {x.shape[-2]} channels on axis -2 but the alignment matrix is "
-            f"{matrix.shape}; pass windows (..., n_chans, n_times) in the profile's channels"
-        )
-    if isinstance(x, torch.Tensor):
-        return torch.as_tensor(matrix, dtype=x.dtype, device=x.device) @ x
-    return (matrix.astype(np.float64) @ x).astype(x.dtype, copy=False)
 
 
 def resize_head(model: SpecMoE, n_outputs: int) -> SpecMoE:
@@ -499,8 +472,6 @@ def check_compatible(
             "recalibrate with this model"
         )
     if stream_ch_names is not None:
-        from rtmoe.runtime.channels import map_channels
-
         ours = profile.meta["stream_ch_names"]
         index = map_channels(stream_ch_names, base.task.ch_names, "zeros").tolist()
         used = [stream_ch_names[i] if i >= 0 else None for i in index]

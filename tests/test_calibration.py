@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from rtmoe.calibration.cli import calibrate_command, profiles_command
 from rtmoe.calibration.epochs import epoch_recording, parse_classes, split_segments
 from rtmoe.calibration.fit import ea_matrix, fit_subject, stratified_folds
 from rtmoe.calibration.quality import line_noise_db, quality_report, timing
 from rtmoe.calibration.record import record_replay
 from rtmoe.calibration.session import Session, marker_label, read_session
+
 from rtmoe.checkpoint import save_checkpoint
 from rtmoe.cli import UserError
 from rtmoe.config import Config, SignalConfig
@@ -25,13 +25,12 @@ from rtmoe.models.shipped import load_model
 from rtmoe.models.specmoe import SPECMOE_KIND, TaskConfig, build_specmoe, specmoe_meta
 from rtmoe.profiles import (
     ProfileError,
-    apply_alignment,
     apply_profile,
     list_profiles,
     load_profile,
     remove_profile,
 )
-from rtmoe.runtime.preprocess import preprocess_whole
+from rtmoe.signal import apply_alignment, preprocess_recording
 from rtmoe.stream.replay import Marker, Replay
 
 torch.set_num_threads(1)
@@ -54,7 +53,6 @@ def make_base_model(path, seed: int = 0):
 def build_trials_fif(path, split: str, n: int, seed: int = 0, labels=None, ch_names=None):
     """Like offline/recipes/build_demo_recording.py, from a seeded shuffle of a split."""
     import mne
-
     from rtmoe.offline.corpus.devdata import load_dev_split
 
     t = load_dev_split("SelfRegulationSCP1", split)
@@ -227,12 +225,12 @@ def test_windows_are_slices_of_the_live_chain_and_gaps_reject_trials(tmp_path):
     trials = epoch_recording(rec, index, SCP1_SIGNAL, 700, {"a": "A", "b": "B"}, ("A", "B"))
     assert trials.rejected == [{"t": 3 * 3.5, "label": "b", "reason": "window spans a gap"}]
     assert len(trials.y) == 7
-    whole = preprocess_whole(np.asarray(rec.data[:, : 3 * 896 + 100]), index, 256.0, SCP1_SIGNAL)
+    whole, _ = preprocess_recording(rec.data[:, : 3 * 896 + 100], 256.0, SCP1_SIGNAL, index)
     # 256 -> 200 Hz: the output sample reading input 896·k first is 700·k.
     np.testing.assert_array_equal(trials.X[1], whole[:, 700:1400])
     assert trials.window_times[1, 0] == pytest.approx(896 / 256)
     # After the gap the chain restarts: trial 4 is a slice of a fresh run from sample 2788.
-    after = preprocess_whole(np.asarray(rec.data[:, 3 * 896 + 100 :]), index, 256.0, SCP1_SIGNAL)
+    after, _ = preprocess_recording(rec.data[:, 3 * 896 + 100 :], 256.0, SCP1_SIGNAL, index)
     k = np.searchsorted(times[3 * 896 + 100 :][np.arange(after.shape[1]) * 32 // 25], 4 * 3.5 + 5)
     np.testing.assert_allclose(trials.X[3], after[:, k : k + 700], rtol=0, atol=1e-6)
 
@@ -554,3 +552,108 @@ def test_bad_profile_is_one_line_at_the_cli(tmp_path, base_dir):
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.strip().splitlines()
     assert "missing key(s) ['channel_index']" in line and str(path) in line
+
+
+# -- calibration keeps every cue and refits from disk alone (issue 12 item 8) --------------
+
+
+def test_cues_in_the_first_seconds_of_a_run_are_kept(tmp_path, base_dir, capsys):
+    """The sender starts the moment the EEG inlet connects: no cue may be lost."""
+    import threading
+    import uuid
+
+    pytest.importorskip("pylsl")
+    from rtmoe.stream.player import Player
+    from rtmoe.stream.replay import load_replay
+
+    fif, y = build_trials_fif(tmp_path / "first_eeg.fif", "train", 24, seed=3)
+    name = f"first-{uuid.uuid4().hex[:8]}"
+    argv = ["--subject", "S01", "--lsl", name, "--markers", f"{name}-markers",
+            "--model", str(base_dir), "--profiles-dir", str(tmp_path / "p"), "--no-fit",
+            "--idle-stop-s", "1.5", "--quiet"]  # fmt: skip
+    with Player(load_replay(fif), name=name, speed=20.0, chunk_ms=100) as player:
+
+        def start_with_the_eeg_inlet() -> None:
+            # As an experiment already running would: cues flow as soon as EEG is read.
+            if player._outlet.wait_for_consumers(30):
+                player.start()
+
+        starter = threading.Thread(target=start_with_the_eeg_inlet, daemon=True)
+        starter.start()
+        assert cli(calibrate_command, argv) == 0, capsys.readouterr().out
+        starter.join(5)
+    session = next((tmp_path / "p" / "S01" / "sessions").iterdir())
+    rec = read_session(session)
+    assert rec.n_samples == 24 * 896
+    assert rec.marker_labels == tuple(y)  # every cue, the first ones included
+    run = rec.meta["runs"][0]
+    assert run["markers_open_lsl_s"] <= rec.times[0]  # markers were open before any EEG
+
+
+def test_calibrate_from_a_session_folder_refits_from_disk(tmp_path, base_dir, train_fif, capsys):
+    path, _ = train_fif
+    profiles = tmp_path / "profiles"
+    argv = ["--subject", "S01", "--from", str(path), "--model", str(base_dir),
+            "--profiles-dir", str(profiles), "--no-fit"]  # fmt: skip
+    assert cli(calibrate_command, argv) == 0
+    (session,) = (profiles / "S01" / "sessions").iterdir()
+    capsys.readouterr()
+    # The session alone: model, classes and window come from session.json, the profiles
+    # folder from where the session lies; no recording file, no stream.
+    refit = ["--subject", "S01", "--from", str(session), "--folds", "3", "--epochs", "4",
+             "--max-minutes", "0.2", "--tuning", "head", "--alignment", "none"]  # fmt: skip
+    assert cli(calibrate_command, refit) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"refitting session {session}" in out and "profile saved" in out
+    prof = load_profile(profiles, "S01")
+    assert prof.meta["metrics"]["n_trials"] == 48 and prof.meta["session"] == str(session)
+    assert json.loads((session / "session.json").read_text())["profile"] == str(prof.path)
+    # Wrong subject, and a folder that is no session: one line each.
+    assert cli(calibrate_command, ["--subject", "S02", "--from", str(session)]) == 2
+    assert "recorded for subject 'S01'" in capsys.readouterr().out
+    assert cli(calibrate_command, ["--subject", "S01", "--from", str(tmp_path)]) == 2
+    assert "not a calibration session" in capsys.readouterr().out
+
+
+def test_a_fit_killed_with_sigkill_is_refitted_from_the_session(tmp_path, base_dir, train_fif):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, _ = train_fif
+    profiles = tmp_path / "profiles"
+    code = "import sys; from rtmoe.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = ["calibrate", "--subject", "S01", "--from", str(path), "--model", str(base_dir),
+            "--profiles-dir", str(profiles), "--folds", "3", "--epochs", "400",
+            "--max-minutes", "5"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-c", code, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        seen = []
+        for line in proc.stdout:  # the quality report is printed before the fit starts
+            seen.append(line)
+            if "chosen" in line or time.monotonic() > deadline:
+                break
+            if "signal quality" in line:
+                time.sleep(1.0)  # well inside the fit
+                break
+        assert any("signal quality" in line for line in seen), "".join(seen)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    assert list_profiles(profiles) == []  # the fit never finished
+    (session,) = (profiles / "S01" / "sessions").iterdir()
+    assert json.loads((session / "session.json").read_text()).get("profile") is None
+    refit = ["--subject", "S01", "--from", str(session), "--folds", "3", "--epochs", "4",
+             "--max-minutes", "0.2", "--tuning", "head", "--alignment", "none"]  # fmt: skip
+    assert cli(calibrate_command, refit) == 0
+    assert load_profile(profiles, "S01").meta["metrics"]["n_trials"] == 48

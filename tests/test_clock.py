@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtmoe.runtime.preprocess import StreamPreprocessor, continuity_breaks
+from rtmoe.signal.chain import SignalChain, continuity_breaks
 from rtmoe.stream.clock import StreamClock
 
 MAX_GAP_S = 0.1  # RuntimeConfig.max_gap_ms's default
@@ -112,7 +112,7 @@ def test_absurd_values_are_repaired_like_nonfinite():
     from rtmoe.config import SignalConfig
 
     signal = SignalConfig(l_freq=None, h_freq=None, notch_freq=None, unit_uv=1.0)
-    pre = StreamPreprocessor(np.array([0, 1]), 200.0, signal)
+    pre = SignalChain(np.array([0, 1]), 200.0, signal)
     data = np.array([[1.0, 3e38, -1e25, 4.0, 2e6], [2.0, 2.0, np.nan, 5.0, -7.0]], np.float32)
     y, _ = pre.process(data)
     np.testing.assert_array_equal(y, [[1, 1, 1, 4, 4], [2, 2, 2, 5, -7]])
@@ -204,7 +204,7 @@ class JitterPusher:
 def _run(model, pusher, duration_s, before_run=None):
     zmq = pytest.importorskip("zmq")
     from rtmoe.config import RuntimeConfig
-    from rtmoe.runtime import Runtime
+    from rtmoe.runtime.loop import Runtime
     from rtmoe.transport import DecodeMessage, ZmqPublisher, decode
 
     publisher = ZmqPublisher("tcp://127.0.0.1:0")

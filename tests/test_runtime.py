@@ -38,16 +38,16 @@ from rtmoe.models.specmoe import (  # noqa: E402
     load_specmoe,
     specmoe_meta,
 )
-from rtmoe.runtime import (  # noqa: E402
-    ChannelError,
-    Runtime,
-    StreamPreprocessor,
-    canonical_name,
-    map_channels,
-    preprocess_whole,
-)
 from rtmoe.runtime.cli import stream_command  # noqa: E402
 from rtmoe.runtime.demo import TrialScorer, run_demo  # noqa: E402
+from rtmoe.runtime.loop import Runtime  # noqa: E402
+from rtmoe.signal import (  # noqa: E402
+    ChannelError,
+    SignalChain,
+    canonical_name,
+    map_channels,
+    preprocess_recording,
+)
 from rtmoe.stream.lsl import LslError  # noqa: E402
 from rtmoe.transport import (  # noqa: E402
     DecodeMessage,
@@ -191,7 +191,7 @@ def _offline_check(runtime, pusher, decodes, index, atol=1e-5):
     """Each decode equals the model on the same window of the whole-stream preprocessing."""
     loaded = runtime.loaded
     n = pusher.n_pushed
-    y, newest = StreamPreprocessor(index, pusher.sfreq, loaded.config.signal).process(
+    y, newest = SignalChain(index, pusher.sfreq, loaded.config.signal).process(
         pusher.data[:, :n]
     )
     out_stamps = pusher.stamps[newest]
@@ -220,7 +220,7 @@ def test_channel_names_match_by_name_case_and_alias():
     assert canonical_name("A1-Cz") == "A1-CZ"  # a bipolar label stays whole
     index = map_channels(["Pz", "t7", "EEG C3-REF", "cz"], ["C3", "CZ", "T3"])
     np.testing.assert_array_equal(index, [2, 3, 1])
-    with pytest.raises(ChannelError, match=r"lacks model channel\(s\) \['T4'\].*'Pz'.*--fill"):
+    with pytest.raises(ChannelError, match=r"missing channel\(s\) \['T4'\].*'Pz'.*--fill"):
         map_channels(["Pz", "Cz"], ["Cz", "T4"])
     np.testing.assert_array_equal(map_channels(["Pz", "Cz"], ["Cz", "T4"], "zeros"), [1, -1])
     with pytest.raises(ChannelError, match="feed two model inputs"):
@@ -234,8 +234,8 @@ def test_preprocessing_chunked_equals_whole_and_the_building_blocks():
     data = (50 + 20 * rng.normal(size=(4, 2000))).astype(np.float32)
     index = np.array([2, -1, 0])
     signal = SignalConfig()
-    whole = preprocess_whole(data, index, 256.0, signal)
-    chunked, pre, i = [], StreamPreprocessor(index, 256.0, signal), 0
+    whole, _ = preprocess_recording(data, 256.0, signal, index)
+    chunked, pre, i = [], SignalChain(index, 256.0, signal), 0
     while i < data.shape[1]:
         k = int(rng.integers(1, 60))
         chunked.append(pre.process(data[:, i : i + k])[0])
@@ -256,7 +256,7 @@ def test_preprocessing_chunked_equals_whole_and_the_building_blocks():
 def test_nonfinite_samples_hold_the_last_finite_value():
     data = np.array([[np.nan, 1.0, np.nan, np.inf, 4.0], [2.0, 2.0, 3.0, np.nan, 5.0]])
     signal = SignalConfig(l_freq=None, h_freq=None, notch_freq=None, unit_uv=1.0)
-    pre = StreamPreprocessor(np.array([0, 1]), 200.0, signal)
+    pre = SignalChain(np.array([0, 1]), 200.0, signal)
     y, _ = pre.process(data)
     np.testing.assert_array_equal(y, [[0, 1, 1, 1, 4], [2, 2, 3, 3, 5]])
     assert pre.n_nonfinite == 4

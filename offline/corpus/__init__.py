@@ -9,3 +9,7 @@ partitioning), ``build`` (the two pipelines) and ``cli`` (``rtmoe prepare``).
 
 class InputError(ValueError):
     """A bad input file or folder; the message names the file and the fix."""
+
+
+#: The fix a recording that lacks channels gets (`rtmoe.signal.map_channels`).
+FILE_FIX = "use recordings with these electrodes or change corpus.channels"

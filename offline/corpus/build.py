@@ -6,20 +6,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-
 from rtmoe.offline.corpus import InputError
 from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
 from rtmoe.offline.corpus.preprocess import (
     check_sfreq,
     keep_mask,
     preprocess,
-    preprocess_array,
     segment,
 )
 from rtmoe.offline.corpus.readers import find_recordings, read_recording
 from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter
+from tqdm import tqdm
+
 from rtmoe.config import Config, to_dict
+from rtmoe.signal import preprocess_trials
 
 
 def recording_files(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
@@ -162,10 +162,8 @@ def build_dev_corpus(
         tqdm(total=total, desc="prepare --dev", unit="trial", disable=not progress) as bar,
     ):
         for trials in all_trials:
-            n_trials, n_chans, n_times = trials.X.shape
-            # Filters act per row, so all trials go through in one call as stacked rows.
-            rows = trials.X.reshape(n_trials * n_chans, n_times)
-            x = preprocess_array(rows, trials.sfreq, cfg.signal).reshape(n_trials, n_chans, -1)
+            n_trials = len(trials.X)
+            x = preprocess_trials(trials.X, trials.sfreq, cfg.signal)
             keep = keep_mask(x, cfg.corpus.reject_uv, cfg.signal.unit_uv)
             for i in range(n_trials):
                 writer.add(

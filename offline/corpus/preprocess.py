@@ -1,5 +1,5 @@
-"""From a recording to pretraining segments: channel selection, resampling, causal
-filtering, scaling to model units, trimming, windowing and amplitude rejection."""
+"""From a recording to pretraining segments: channel selection and the signal chain
+(`rtmoe.signal`), then trimming, windowing and amplitude rejection."""
 
 from __future__ import annotations
 
@@ -8,19 +8,18 @@ from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
-
-from rtmoe.offline.corpus import InputError
-from rtmoe.offline.corpus.channels import match_channels
+from rtmoe.offline.corpus import FILE_FIX, InputError
 from rtmoe.offline.corpus.readers import Recording
+
 from rtmoe.config import CorpusConfig, SignalConfig
-from rtmoe.dsp.filters import apply_filter, design_filter, filter_state, resample
+from rtmoe.signal import ChannelError, map_channels, preprocess_recording
 
 
 def select_channels(rec: Recording, channels: Sequence[str]) -> Recording:
     """Keep ``channels``, in that order and under those names.
 
-    Names match case-insensitively after ``rtmoe.runtime.channels.canonical_name`` on both
-    sides (so "EEG FP1-REF" is FP1 and T7 is T3).
+    Names match as everywhere (`rtmoe.signal.map_channels`: "EEG FP1-REF" is FP1, T7 is
+    T3).
 
     Parameters
     ----------
@@ -35,9 +34,12 @@ def select_channels(rec: Recording, channels: Sequence[str]) -> Recording:
     Raises
     ------
     InputError
-        Channels are missing or two of the file's channels match the same name.
+        Channels are missing or ambiguous; the message names the file.
     """
-    rows = match_channels(rec.ch_names, channels, rec.path)
+    try:
+        rows = map_channels(rec.ch_names, channels, fix=FILE_FIX)
+    except ChannelError as err:
+        raise InputError(f"{rec.path}: {err}") from None
     return replace(rec, data=rec.data[rows], ch_names=tuple(channels))
 
 
@@ -63,37 +65,14 @@ def check_sfreq(rec: Recording, cfg: SignalConfig) -> None:
         )
 
 
-def preprocess_array(x: np.ndarray, sfreq: float, cfg: SignalConfig) -> np.ndarray:
-    """Resample to ``cfg.sfreq``, filter causally, divide by ``cfg.unit_uv``.
-
-    Every row is independent, so stacked trials (n_trials * n_chans rows) work too.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n_rows, n_times), µV
-    sfreq : float, Hz, the rate of ``x``
-    cfg : SignalConfig
-
-    Returns
-    -------
-    ndarray, shape (n_rows, n_times_out), float32, model units (µV / unit_uv)
-    """
-    y = resample(np.asarray(x, dtype=np.float64), sfreq, cfg.sfreq)
-    sos = design_filter(cfg)
-    # Start from the steady state at the first sample: no step transient from the offset.
-    y, _ = apply_filter(y, sos, filter_state(sos, y.shape[0], initial=y[:, 0]))
-    return (y / cfg.unit_uv).astype(np.float32)
-
-
 def preprocess(rec: Recording, cfg: SignalConfig) -> np.ndarray:
-    """Preprocess a recording into model units (see ``preprocess_array``).
+    """A recording through the signal chain (`rtmoe.signal.preprocess_recording`).
 
     Returns
     -------
-    ndarray, shape (n_chans, n_times_out), float32; n_times_out =
-    ceil(n_times * cfg.sfreq / rec.sfreq)
+    ndarray, shape (n_chans, ceil(n_times * cfg.sfreq / rec.sfreq)), float32, model units
     """
-    return preprocess_array(rec.data, rec.sfreq, cfg)
+    return preprocess_recording(rec.data, rec.sfreq, cfg)[0]
 
 
 def keep_mask(segments: np.ndarray, reject_uv: float | None, unit_uv: float) -> np.ndarray:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rtmoe.offline.corpus import FILE_FIX, InputError
 
-from rtmoe.offline.corpus import InputError
-from rtmoe.offline.corpus.channels import match_channels
+from rtmoe.signal import ChannelError, map_channels
 
 #: File endings read as recordings. BrainVision is read from its header (.vhdr), which
 #: names the .eeg/.vmrk files beside it; EEGLAB's .set may point at a .fdt.
@@ -123,7 +123,10 @@ def read_recording(path: str | Path, channels: Sequence[str] | None = None) -> R
         raise InputError(f"{path}: sampling rate {sfreq} Hz is invalid; repair the header")
     ch_names = tuple(raw.ch_names[i] for i in picks)
     if channels is not None:
-        picks = picks[match_channels(ch_names, channels, path)]
+        try:
+            picks = picks[map_channels(ch_names, channels, fix=FILE_FIX)]
+        except ChannelError as err:
+            raise InputError(f"{path}: {err}") from None
         ch_names = tuple(channels)
     try:
         data = raw.get_data(picks=picks, units="uV")

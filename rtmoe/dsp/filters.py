@@ -1,12 +1,10 @@
-"""Causal IIR filters with explicit state, and offline resampling (numpy/scipy).
+"""Causal IIR filters with explicit state (numpy/scipy).
 
-Chunks arrive on the CPU offline and live alike, so both paths run the same causal
-second-order sections: filtering a recording in any chunking gives the same samples.
+Filtering a recording in any chunking, passing the state on, gives the same samples, so
+the one signal chain (`rtmoe.signal`) runs them offline and live alike.
 """
 
 from __future__ import annotations
-
-from fractions import Fraction
 
 import numpy as np
 from scipy import signal
@@ -121,30 +119,3 @@ def apply_filter(
         return x.astype(dtype, copy=True), state.copy()
     y, new_state = signal.sosfilt(sos, x.astype(np.float64), axis=-1, zi=state)
     return y.astype(dtype, copy=False), new_state
-
-
-def resample(x: np.ndarray, sfreq_in: float, sfreq_out: float) -> np.ndarray:
-    """Resample along the last axis by a rational polyphase filter (offline use).
-
-    The ratio ``sfreq_out / sfreq_in`` is taken exactly from the rates' decimal forms
-    (200 / 256 = 25 / 32); equal rates return a copy of ``x`` unchanged.
-
-    Parameters
-    ----------
-    x : ndarray, shape (..., n_times)
-    sfreq_in, sfreq_out : float
-        Sampling rates in Hz.
-
-    Returns
-    -------
-    ndarray, shape (..., ceil(n_times * sfreq_out / sfreq_in)), dtype of ``x`` when float
-    """
-    for name, value in (("sfreq_in", sfreq_in), ("sfreq_out", sfreq_out)):
-        if not value > 0:
-            raise ValueError(f"{name}={value} must be a positive sampling rate in Hz")
-    x = np.asarray(x)
-    if sfreq_in == sfreq_out:
-        return x.copy()
-    ratio = Fraction(str(float(sfreq_out))) / Fraction(str(float(sfreq_in)))
-    # Padding with the mean keeps a µV offset from dipping towards zero at the edges.
-    return signal.resample_poly(x, ratio.numerator, ratio.denominator, axis=-1, padtype="mean")

@@ -1,16 +1,5 @@
-"""The live decoder: LSL source → preprocessing → device ring → engine → ZeroMQ."""
+"""The live decoder: LSL source → signal chain → device ring → engine → ZeroMQ.
 
-from rtmoe.runtime.channels import ChannelError, canonical_name, map_channels
-from rtmoe.runtime.loop import STAGES, RunSummary, Runtime
-from rtmoe.runtime.preprocess import StreamPreprocessor, preprocess_whole
-
-__all__ = [
-    "STAGES",
-    "ChannelError",
-    "RunSummary",
-    "Runtime",
-    "StreamPreprocessor",
-    "canonical_name",
-    "map_channels",
-    "preprocess_whole",
-]
+Modules: ``loop`` (`Runtime`), ``cli`` (``rtmoe stream``), ``demo``, ``plugins``. Nothing is
+imported here, so importing a submodule does not pull in the loop, engines and torch.
+"""

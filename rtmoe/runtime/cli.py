@@ -16,7 +16,7 @@ from pathlib import Path
 from rtmoe.cli import Command, UserError
 from rtmoe.config import RuntimeConfig
 from rtmoe.engine import ENGINE_KINDS
-from rtmoe.runtime.channels import FILL_POLICIES
+from rtmoe.signal.channels import FILL_POLICIES
 from rtmoe.stream.lsl import LslError
 from rtmoe.transport import DEFAULT_ADDRESS
 

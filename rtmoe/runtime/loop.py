@@ -3,7 +3,7 @@
 One thread does everything, in this order, every cycle:
 
 1. ``source.pull()`` drains the inlet (never blocks).
-2. `StreamPreprocessor` maps channels, repairs non-finite samples, resamples to the
+2. `SignalChain` maps channels, repairs non-finite samples, resamples to the
    model's rate, filters and scales; each output sample carries the LSL timestamp of the
    newest input sample it reads, kept in a timestamp ring aligned with the sample ring.
 3. The samples go to the `RingBuffer` on the compute device.
@@ -56,9 +56,9 @@ from rtmoe.engine import build_engine
 from rtmoe.models.shipped import load_model
 from rtmoe.models.specmoe import LoadedSpecMoE
 from rtmoe.profiles import Profile, apply_profile
-from rtmoe.runtime.channels import map_channels
+from rtmoe.signal.channels import map_channels
 from rtmoe.runtime.plugins import Plugin, PluginContext, PluginRunner
-from rtmoe.runtime.preprocess import StreamPreprocessor, continuity_breaks
+from rtmoe.signal.chain import SignalChain, continuity_breaks
 from rtmoe.stream.lsl import LslSource, SourceStatus
 from rtmoe.stream.ring import RingBuffer
 from rtmoe.stream.sliding import SlidingWelch
@@ -229,7 +229,7 @@ class Runtime:
         index = map_channels(self.source.channel_names, task.ch_names, cfg.fill)
         self.filled_channels = [name for name, i in zip(task.ch_names, index, strict=True) if i < 0]
         alignment = profile.alignment if profile is not None else None
-        self.preprocessor = StreamPreprocessor(index, self.source.sfreq, sig, alignment)
+        self.preprocessor = SignalChain(index, self.source.sfreq, sig, alignment)
 
         n_chans = task.n_chans
         self.capacity = self.n_times + 2 * self.hop

@@ -1,10 +1,12 @@
-"""Map a stream's channel labels onto the electrodes a model was trained on.
+"""The one channel matcher: which stream or file channel feeds each model electrode.
 
 Matching is by name, never by position: first exactly (ignoring case and surrounding
 spaces), then by a canonical form that drops an ``EEG`` type prefix, a common-reference
 suffix (``-REF``, ``-LE``, ``-AR``, ``-AVG``) and trailing dots, and maps the modern
 10-10 temporal names to the older 10-20 ones the pretraining corpus uses (T7→T3, T8→T4,
-P7→T5, P8→T6). A bipolar label such as ``A1-Cz`` is kept whole.
+P7→T5, P8→T6). A bipolar label such as ``A1-Cz`` is kept whole. Live streams, recordings
+read for pretraining, trial files for fine-tuning and evaluation all go through
+`map_channels`, so a montage that decodes live also trains and evaluates.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ _REF_SUFFIX = re.compile(r"[\s_-]+(REF|LE|AR|AVG|AVERAGE)$")
 
 
 class ChannelError(ValueError):
-    """The stream lacks channels the model needs; the message lists both sides."""
+    """Channels are missing or ambiguous; the message lists both sides and the fix."""
 
 
 def canonical_name(name: str) -> str:
@@ -34,54 +36,74 @@ def canonical_name(name: str) -> str:
     return CHANNEL_ALIASES.get(canon, canon)
 
 
+#: The fix a missing-channel error suggests by default (a live stream).
+STREAM_FIX = (
+    "rename the channels in the amplifier's LSL app, pick the right stream, or pass "
+    "--fill zeros to feed flat channels in their place"
+)
+
+
 def map_channels(
-    stream_names: Sequence[str], model_names: Sequence[str], fill: str = "error"
+    available: Sequence[str], wanted: Sequence[str], fill: str = "error", fix: str = STREAM_FIX
 ) -> np.ndarray:
-    """Row of the stream feeding each model channel.
+    """Row of ``available`` feeding each of ``wanted``.
 
     Parameters
     ----------
-    stream_names : sequence of str
-        The stream's channel labels, in stream order.
-    model_names : sequence of str
-        The model's electrodes (``task.ch_names``), in input order.
+    available : sequence of str
+        The stream's or file's channel labels, in their order.
+    wanted : sequence of str
+        The model's electrodes (``task.ch_names``, ``corpus.channels``), in input order.
     fill : {"error", "zeros"}
-        What to do with model channels the stream lacks: raise, or feed zeros (in
-        model units, i.e. a flat channel; reported in the runtime's status).
+        What to do with wanted channels that are missing: raise, or map them to -1 (fed
+        as a flat channel; the runtime reports it in its status).
+    fix : str
+        How to fix missing channels, ending the error (files: another recording or
+        channel list).
 
     Returns
     -------
-    ndarray, shape (len(model_names),), int64
-        Stream row of each model channel; -1 where it is filled with zeros.
+    ndarray, shape (len(wanted),), int64
+        Row of ``available`` for each wanted channel; -1 where it is filled.
 
     Raises
     ------
     ChannelError
-        Some model channels are missing (``fill="error"``), or two model channels match
-        one stream channel; the message lists missing and available names.
+        Wanted channels are missing (``fill="error"``); a wanted name without an exact
+        match matches several channels canonically (``EEG T3-REF`` and ``T7`` for
+        ``T3``); or two wanted channels match one available channel.
     """
     if fill not in FILL_POLICIES:
         raise ValueError(f"fill={fill!r} is not a policy; use one of {FILL_POLICIES}")
-    exact = {name.strip().upper(): i for i, name in reversed(list(enumerate(stream_names)))}
-    canon = {canonical_name(name): i for i, name in reversed(list(enumerate(stream_names)))}
-    index = np.full(len(model_names), -1, dtype=np.int64)
-    for k, name in enumerate(model_names):
-        row = exact.get(name.strip().upper(), canon.get(canonical_name(name)))
+    exact: dict[str, int] = {}
+    canon: dict[str, list[int]] = {}
+    for i, name in enumerate(available):
+        exact.setdefault(name.strip().upper(), i)
+        canon.setdefault(canonical_name(name), []).append(i)
+    index = np.full(len(wanted), -1, dtype=np.int64)
+    for k, name in enumerate(wanted):
+        row = exact.get(name.strip().upper())
+        if row is None:
+            rows = canon.get(canonical_name(name), [])
+            if len(rows) > 1:
+                raise ChannelError(
+                    f"channel {name!r} matches {[available[i] for i in rows]} (all "
+                    f"{canonical_name(name)}); keep one of them or label them distinctly"
+                )
+            row = rows[0] if rows else None
         if row is not None:
             index[k] = row
-    missing = [name for name, row in zip(model_names, index, strict=True) if row < 0]
+    missing = [name for name, row in zip(wanted, index, strict=True) if row < 0]
     if missing and fill == "error":
         raise ChannelError(
-            f"the stream lacks model channel(s) {missing}; the stream has "
-            f"{list(stream_names)} and the model needs {list(model_names)}. Rename the "
-            "channels in the amplifier's LSL app, pick the right stream, or pass "
-            "--fill zeros to feed flat channels in their place"
+            f"missing channel(s) {missing}: the data have {list(available)} and the model "
+            f"needs {list(wanted)}; {fix}"
         )
     used = index[index >= 0]
     if used.size != np.unique(used).size:
         raise ChannelError(
-            f"model channels {list(model_names)} match the stream channels "
-            f"{[stream_names[i] for i in index if i >= 0]}: one stream channel would feed "
-            "two model inputs; give the stream distinct labels"
+            f"model channels {list(wanted)} match the channels "
+            f"{[available[i] for i in index if i >= 0]}: one channel would feed two model "
+            "inputs; give the channels distinct labels"
         )
     return index

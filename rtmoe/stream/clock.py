@@ -23,7 +23,7 @@ residuals, starting at ``initial_jitter_s``) starts a new segment; its output ti
 raw stamp (the jump is kept), and the fit restarts from it with the rate learnt so far.
 Stamps far *behind* the count (beyond ``max(backward_floor_s, jitter_k * jitter)``: a
 restarted sender's clock) are a break too, and stay backwards, so the runtime's continuity
-check (`rtmoe.runtime.preprocess.continuity_breaks`) sees them. Everything else, small
+check (`rtmoe.signal.continuity_breaks`) sees them. Everything else, small
 backward steps included, is jitter and is absorbed.
 
 Why not liblsl's ``proc_dejitter``: it fits the same kind of line but across everything,
