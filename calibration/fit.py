@@ -10,7 +10,7 @@ Alignment (unsupervised, from the subject's own windows, labels unused):
   identity-shaped mean covariance at the subject's average power, so the model keeps
   seeing amplitudes of the size it was trained on. ``M`` mixes channels linearly and
   identically at every sample; live, it is applied to every preprocessed chunk
-  (`rtmoe.profiles.apply_alignment`), which equals applying it to every window.
+  (`rtmoe.signal.apply_alignment`), which equals applying it to every window.
 
 Tuning (which weights change):
 
@@ -41,7 +41,8 @@ import torch.nn.functional as F
 
 from rtmoe.offline.metrics import classification_metrics, confusion_matrix
 from rtmoe.models.specmoe import LoadedSpecMoE, MoEFeatures, SpecMoE
-from rtmoe.profiles import apply_alignment, resize_head
+from rtmoe.profiles import resize_head
+from rtmoe.signal import apply_alignment
 
 ALIGNMENTS: tuple[str, ...] = ("none", "ea")
 TUNINGS: tuple[str, ...] = ("base", "head", "partial")
