@@ -490,3 +490,10 @@ def test_heartbeat_is_due_every_period_on_a_fixed_grid():
 def test_heartbeat_period_must_be_positive():
     with pytest.raises(ValueError, match="period_s=0"):
         Heartbeat(period_s=0)
+
+
+def test_every_source_status_is_a_runtime_state_of_the_same_name():
+    from rtmoe.stream.lsl import SourceStatus
+
+    for status in SourceStatus:
+        assert RuntimeState(status).value == status.value

@@ -59,7 +59,7 @@ from rtmoe.profiles import Profile, apply_profile
 from rtmoe.signal.channels import map_channels
 from rtmoe.runtime.plugins import Plugin, PluginContext, PluginRunner
 from rtmoe.signal.chain import SignalChain, continuity_breaks
-from rtmoe.stream.lsl import LslSource, SourceStatus
+from rtmoe.stream.lsl import LslSource
 from rtmoe.stream.ring import RingBuffer
 from rtmoe.stream.sliding import SlidingWelch
 from rtmoe.transport import DecodeMessage, Heartbeat, RuntimeState, StatusMessage, ZmqPublisher
@@ -486,14 +486,8 @@ class Runtime:
         return True
 
     def _update_state(self) -> None:
-        status = self.source.status
-        self.state = (
-            RuntimeState.WAITING
-            if status is SourceStatus.WAITING
-            else RuntimeState.STALLED
-            if status is SourceStatus.STALLED
-            else RuntimeState.RUNNING
-        )
+        # The source's watchdog states are runtime states of the same names.
+        self.state = RuntimeState(self.source.status)
 
     def _publish_status(self, now: float) -> None:
         src = self.source

@@ -47,7 +47,12 @@ class LslError(RuntimeError):
 
 
 class SourceStatus(enum.StrEnum):
-    """Watchdog state of a source, as published on the status topic."""
+    """Watchdog state of a source, as published on the status topic.
+
+    Each value is also a ``rtmoe.transport.RuntimeState`` of the same name, so the
+    runtime reports it as ``RuntimeState(status)``, with no table of its own (the stream
+    layer does not import the transport; ``tests/test_transport.py`` checks the names).
+    """
 
     WAITING = "WAITING"  # opened, no sample received yet
     RUNNING = "RUNNING"  # samples arrived within the stall timeout
