@@ -1,10 +1,9 @@
 """``rtmoe calibrate`` (record cue-locked trials, check them, fit a subject profile) and
 ``rtmoe profiles`` (list / remove subject profiles).
 
-Entry points (pyproject ``rtmoe.commands``)::
-
-    calibrate = "rtmoe.calibration.cli:calibrate_command"
-    profiles = "rtmoe.calibration.cli:profiles_command"
+Entry points (pyproject ``rtmoe.commands``): ``calibrate`` and ``profiles`` name the light
+stubs in ``calibration/commands.py``, whose targets are ``calibrate_command`` and
+``profiles_command`` here (this module is imported only when one of them runs).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """``rtmoe stream`` (decode an LSL stream live) and ``rtmoe demo`` (the shipped recording).
 
-Entry points (pyproject ``rtmoe.commands``): ``stream = "rtmoe.runtime.cli:stream_command"``
-and ``demo = "rtmoe.runtime.cli:demo_command"``.
+Entry points (pyproject ``rtmoe.commands``): ``stream`` and ``demo`` name the light stubs in
+``rtmoe/commands.py``, whose targets are ``stream_command`` and ``demo_command`` here (this
+module is imported only when one of them runs).
 """
 
 from __future__ import annotations
