@@ -21,6 +21,10 @@ Rules of the graph (the same as import-linter's grimp):
   moving an import into the function that needs it is the legitimate way to break a
   cycle.
 
+Contract (b) allows torch in the model's torch spectral front end only (``TORCH_DSP``:
+rtmoe.dsp.spectral, .masking, .bands); the rest of rtmoe.dsp and all of rtmoe.signal are
+torch-free.
+
 The CLI dispatcher ``rtmoe.cli`` gets no exemption from contract (a): it finds the
 subcommands of offline/, calibration/ and plugins/ through the ``rtmoe.commands`` entry
 points, so it needs no import of them, lazy or not.
