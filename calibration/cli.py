@@ -43,17 +43,25 @@ def _add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("source (one of)")
     src.add_argument("--lsl", metavar="NAME", help="LSL name of the EEG stream")
     src.add_argument(
-        "--from", dest="from_file", type=Path, metavar="FILE",
-        help="recording with annotations (any file MNE reads) instead of live streams",
+        "--from", dest="from_file", type=Path, metavar="FILE|SESSION",
+        help="recording with annotations (any file MNE reads) instead of live streams, or a "
+        "session folder (<profiles-dir>/<subject>/sessions/<id>) to refit without a stream",
     )  # fmt: skip
     parser.add_argument(
         "--markers", metavar="NAME", help="LSL name of the marker stream (default: type Markers)"
     )
-    parser.add_argument("--model", default="default", help="base model: shipped name or folder")
     parser.add_argument(
-        "--classes", help="NAME=MARKER pairs, e.g. left=1,right=2 (default: the model's labels)"
+        "--model",
+        help="base model: shipped name or folder (default: a session's own, else 'default')",
     )
-    parser.add_argument("--tmin", type=float, default=0.0, help="window start after the marker, s")
+    parser.add_argument(
+        "--classes",
+        help="NAME=MARKER pairs, e.g. left=1,right=2 (default: a session's own, else the "
+        "model's labels)",
+    )
+    parser.add_argument(
+        "--tmin", type=float, help="window start after the marker, s (default: a session's, else 0)"
+    )
     parser.add_argument("--tmax", type=float, help="window end, s (default: tmin + model window)")
     parser.add_argument("--profiles-dir", type=Path, help="default $RTMOE_HOME/subjects")
     parser.add_argument("--new-session", action="store_true", help="do not resume a session")
@@ -88,11 +96,63 @@ def _load_base(ref: str) -> tuple[LoadedSpecMoE, str]:
         raise UserError(str(err)) from None
 
 
-def _classes(args: argparse.Namespace, base: LoadedSpecMoE) -> tuple[dict, tuple[str, ...]]:
+def _classes(
+    args: argparse.Namespace, base: LoadedSpecMoE, saved: dict[str, Any] | None = None
+) -> tuple[dict, tuple[str, ...]]:
     if args.classes:
         return parse_classes(args.classes)
+    if saved and isinstance(saved.get("classes"), dict) and saved.get("labels"):
+        return dict(saved["classes"]), tuple(saved["labels"])
     labels = tuple(base.task.labels)
     return {label: label for label in labels}, labels
+
+
+def _session_source(path: Path | None) -> dict[str, Any] | None:
+    """``session.json`` of ``--from`` when it names a session folder, else None.
+
+    Raises UserError for a ``--from`` that does not exist or is a folder of another kind.
+    """
+    if path is None:
+        return None
+    if not path.exists():
+        raise UserError(
+            f"--from {path} does not exist; give a recording file MNE can read, or a session "
+            "folder (<profiles-dir>/<subject>/sessions/<id>, see `rtmoe profiles list`)"
+        )
+    if not path.is_dir():
+        return None
+    try:
+        return read_meta(path)
+    except SessionError as err:
+        raise UserError(
+            f"--from {path} is a folder but not a calibration session ({err}); pass a "
+            "session folder or a recording file"
+        ) from None
+
+
+def _profiles_root(session: Path) -> Path | None:
+    """``<root>`` of a session at ``<root>/<subject>/sessions/<id>``, else None."""
+    session = session.resolve()
+    return session.parents[2] if session.parent.name == "sessions" else None
+
+
+def _unfitted_lsl_session(root: Path, name: str) -> Path | None:
+    """The newest session recorded from EEG stream ``name`` that has no profile yet."""
+    if not root.is_dir():
+        return None
+    for path in sorted(root.iterdir(), reverse=True):
+        try:
+            meta = read_meta(path)
+        except SessionError:
+            continue
+        source = meta.get("source") or {}
+        if (
+            meta.get("profile") is None
+            and source.get("kind") == "lsl"
+            and source.get("name") == name
+        ):
+            return path
+    return None
 
 
 def _find_session(root: Path, source: dict[str, Any]) -> Path | None:
@@ -159,26 +219,42 @@ def _record(args, base, class_map, labels, index_fn, root: Path, extra: dict) ->
         return session.path
 
     if args.lsl is None:
-        raise UserError("give the EEG source: --lsl NAME (live) or --from FILE (a recording)")
-    query = {"name": args.markers} if args.markers else {"type": "Markers"}
-    try:
-        eeg = LslSource(
-            {"name": args.lsl, "timeout_s": RuntimeConfig().resolve_timeout_s},
-            max_buflen_s=CALIBRATION_BUFLEN_S,
+        raise UserError(
+            "give the EEG source: --lsl NAME (live), --from FILE (a recording) or --from "
+            "SESSION (a recorded session folder, refitted without a stream)"
         )
+    query = {"name": args.markers} if args.markers else {"type": "Markers"}
+    timeout_s = RuntimeConfig().resolve_timeout_s
+    try:
+        eeg_info = resolve_stream(name=args.lsl, timeout_s=timeout_s)
     except LslError as err:
+        kept = _unfitted_lsl_session(root, args.lsl)
+        hint = (
+            f"\nSession {kept} is kept: refit it without a stream with `rtmoe calibrate "
+            f"--subject {args.subject} --from {kept}`"
+            if kept is not None
+            else ""
+        )
+        raise UserError(f"EEG stream: {err}{hint}") from None
+    try:
+        marker_info = resolve_stream(**query, timeout_s=timeout_s)
+    except LslError as err:
+        raise UserError(
+            f"marker stream: {err}\nStart the experiment software's marker outlet "
+            "(PsychoPy, rtmoe.plugins.markers.MarkerOutlet, `rtmoe play`) before calibrating, "
+            "or name it with --markers NAME"
+        ) from None
+    # The marker inlet opens (and takes its clock offset) before the EEG inlet: LSL hands
+    # an inlet only what is pushed after it opened, so every cue sent while EEG is being
+    # recorded reaches the session, including those in the first seconds of a run.
+    markers = MarkerInlet(marker_info)
+    try:
+        eeg = LslSource(eeg_info, max_buflen_s=CALIBRATION_BUFLEN_S)
+    except LslError as err:
+        markers.close()
         raise UserError(f"EEG stream: {err}") from None
     try:
         index_fn(eeg.channel_names)
-        try:
-            marker_info = resolve_stream(**query, timeout_s=RuntimeConfig().resolve_timeout_s)
-        except LslError as err:
-            raise UserError(
-                f"marker stream: {err}\nStart the experiment software's marker outlet "
-                "(PsychoPy, rtmoe.plugins.markers.MarkerOutlet, `rtmoe play`) before calibrating, "
-                "or name it with --markers NAME"
-            ) from None
-        markers = MarkerInlet(marker_info)
         source = {"kind": "lsl", "name": args.lsl, "markers": marker_info.name()}
         session = _open_session(args, root, source, eeg.channel_names, eeg.sfreq, extra)
         n_after = math.ceil((args.tmin * sig.sfreq + task.n_times) * eeg.sfreq / sig.sfreq)
@@ -202,7 +278,7 @@ def _record(args, base, class_map, labels, index_fn, root: Path, extra: dict) ->
             flush=True,
         )
         try:
-            session.begin_run({"source": "lsl"})
+            session.begin_run({"source": "lsl", "markers_open_lsl_s": markers.opened_lsl_s})
             stopped_by = record_lsl(
                 session,
                 eeg,
@@ -218,10 +294,10 @@ def _record(args, base, class_map, labels, index_fn, root: Path, extra: dict) ->
             print(f"\nrecording stopped, {stopped_by}; everything so far is kept", flush=True)
         finally:
             session.close(stopped_by=stopped_by)
-            markers.close()
             if not args.quiet:
                 print(file=sys.stderr)
     finally:
+        markers.close()
         eeg.close()
     return session.path
 
@@ -232,10 +308,22 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     check_subject(args.subject)
     if args.from_file is not None and args.lsl is not None:
         raise UserError("give one source: --lsl NAME or --from FILE, not both")
-    profiles_dir = args.profiles_dir or default_profiles_dir()
-    base, base_ref = _load_base(args.model)
+    saved = _session_source(args.from_file)  # --from SESSION: refit what is on disk
+    if saved is not None and saved.get("subject") != args.subject:
+        raise UserError(
+            f"session {args.from_file} was recorded for subject {saved.get('subject')!r}, not "
+            f"{args.subject!r}; pass --subject {saved.get('subject')}"
+        )
+    profiles_dir = (
+        args.profiles_dir
+        or (_profiles_root(args.from_file) if saved is not None else None)
+        or default_profiles_dir()
+    )
+    base, base_ref = _load_base(args.model or (saved or {}).get("model") or "default")
     task, sig = base.task, base.config.signal
-    class_map, labels = _classes(args, base)
+    class_map, labels = _classes(args, base, saved)
+    if args.tmin is None:
+        args.tmin = float((saved or {}).get("tmin", 0.0))
     if args.tmax is not None and round((args.tmax - args.tmin) * sig.sfreq) != task.n_times:
         raise UserError(
             f"--tmin {args.tmin} --tmax {args.tmax} gives a {args.tmax - args.tmin:g} s window, "
@@ -253,7 +341,17 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     root = profiles_dir / args.subject / "sessions"
     extra = {"model": base_ref, "classes": class_map, "labels": list(labels), "tmin": args.tmin}
     try:
-        session_path = _record(args, base, class_map, labels, index_fn, root, extra)
+        if saved is not None:
+            session_path = args.from_file.resolve()
+            kept = read_session(session_path)
+            index_fn(kept.ch_names)
+            print(
+                f"refitting session {session_path} ({kept.n_samples} samples, "
+                f"{len(kept.marker_labels)} markers) from disk; no stream is needed",
+                flush=True,
+            )
+        else:
+            session_path = _record(args, base, class_map, labels, index_fn, root, extra)
     except KeyboardInterrupt:
         print(
             "\ninterrupted: everything recorded is kept; run the same command again to "
@@ -290,7 +388,17 @@ def _run_calibrate(args: argparse.Namespace) -> int:
             on_progress=None if args.quiet else print,
         )
     except FitError as err:
-        raise UserError(f"{err}. The session is kept in {session_path}") from None
+        raise UserError(
+            f"{err}. The session is kept in {session_path}; refit it later with `rtmoe "
+            f"calibrate --subject {args.subject} --from {session_path}`"
+        ) from None
+    except KeyboardInterrupt:
+        print(
+            f"\nfit interrupted: the session is kept in {session_path}; refit it (no stream "
+            f"needed) with `rtmoe calibrate --subject {args.subject} --from {session_path}`",
+            file=sys.stderr,
+        )
+        return 130
     m = result.metrics
     title = f"{args.subject}: CV balanced accuracy {m['balanced_accuracy']:.3f}"
     path = save_profile(

@@ -1,9 +1,12 @@
 """Filling a session: from live LSL streams (EEG + markers) or from an annotated file.
 
-Live: every pull of the EEG inlet and of the marker inlet is appended to the session at
-once (see `rtmoe.calibration.session`), so Ctrl-C, a crash or a lost stream loses at most the
-chunk being written. Timestamps are LSL times with clock correction (``proc_clocksync``)
-on both inlets, so markers and samples share one clock whatever their arrival order.
+Live: the marker inlet is opened before the EEG inlet (LSL delivers to an inlet only what
+is pushed after it opened, so the other order loses the cues of a run's first seconds
+while keeping their EEG); every pull of the EEG inlet and of the marker inlet is appended
+to the session at once (see `rtmoe.calibration.session`), so Ctrl-C, a crash or a lost
+stream loses at most the chunk being written. Timestamps are LSL times with clock
+correction (``proc_clocksync``) on both inlets, so markers and samples share one clock
+whatever their arrival order.
 
 From a file: the recording's samples are appended in chunks with timestamps
 ``i / sfreq`` (seconds from its first sample) and each annotation as a marker on its
@@ -225,6 +228,8 @@ class MarkerInlet:
         # The first clock-offset estimate blocks; take it now, not at the first pull.
         self._inlet.time_correction(timeout=open_timeout_s)
         self.name = info.name()
+        #: LSL time once open: cues pushed from here on are received (none before).
+        self.opened_lsl_s = float(pylsl.local_clock())
 
     def pull(self) -> list[tuple[float, str]]:
         """Markers received since the last pull: (LSL time, label), oldest first."""
