@@ -481,11 +481,15 @@ def _run_profiles(args: argparse.Namespace) -> int:
         if not rows:
             print(f"no profiles in {profiles_dir}")
         for r in rows:
+            if "error" in r:
+                print(f"{r['subject']} v{r['version']:03d}  UNUSABLE: {r['error']}")
+                continue
             acc = r["cv_balanced_accuracy"]
+            acc = "n/a" if acc is None else f"{acc:.3f}"
             print(
                 f"{r['subject']} v{r['version']:03d}  {r['created_utc']}  model "
                 f"{r['base_model']}  classes {r['labels']}  alignment {r['alignment']}  "
-                f"CV bal. acc. {acc:.3f}  {r['path']}"
+                f"CV bal. acc. {acc}  {r['path']}"
             )
         return 0
     for path in remove_profile(profiles_dir, args.subject, None if args.all else args.version):

@@ -348,10 +348,13 @@ def _read_weights(path: Path, meta: Mapping[str, Any]) -> dict[str, torch.Tensor
 def _check_structure(
     path: Path,
     meta: Mapping[str, Any],
-    weights: Mapping[str, torch.Tensor],
+    weights: Mapping[str, torch.Tensor] | None,
     matrix: torch.Tensor | None,
 ) -> None:
-    """Refuse a profile whose keys, label count or tensor shapes do not fit together."""
+    """Refuse a profile whose keys, label count or tensor shapes do not fit together.
+
+    ``weights`` None checks ``profile.json`` alone (what `list_profiles` reads).
+    """
     file = path / PROFILE_FILE
 
     def bad(what: str) -> ProfileError:
@@ -380,6 +383,8 @@ def _check_structure(
             f"channel_index={index} does not map {n_model} model channels onto the "
             f"{n_stream} stream channels"
         )
+    if weights is None:
+        return
     if sorted(weights) != sorted(meta["changed_tensors"]):
         raise bad(
             f"changed_tensors {meta['changed_tensors'][:3]}... do not list the tensors in "
@@ -395,7 +400,12 @@ def _check_structure(
 
 
 def list_profiles(profiles_dir: str | Path, subject: str | None = None) -> list[dict[str, Any]]:
-    """One summary per profile version (subject, version, labels, model, accuracy, ...)."""
+    """One summary per profile version (subject, version, labels, model, accuracy, ...).
+
+    A version that fails verification is listed too, with only ``subject``, ``version``,
+    ``path`` and ``error`` (the one-line reason and fix), so one damaged profile hides
+    none of the others.
+    """
     root = Path(profiles_dir)
     subjects = (
         [check_subject(subject)]
@@ -407,19 +417,27 @@ def list_profiles(profiles_dir: str | Path, subject: str | None = None) -> list[
     rows = []
     for name in subjects:
         for version in sorted(_versions(root / name)):
-            meta = read_profile_meta(root / name / f"v{version:03d}")
-            rows.append(
-                {
-                    "subject": name,
-                    "version": version,
-                    "created_utc": meta["created_utc"],
-                    "base_model": meta["base_model"]["ref"],
-                    "labels": meta["labels"],
-                    "alignment": meta["alignment"],
-                    "cv_balanced_accuracy": meta["metrics"].get("balanced_accuracy"),
-                    "path": str(root / name / f"v{version:03d}"),
-                }
-            )
+            path = root / name / f"v{version:03d}"
+            try:
+                meta = read_profile_meta(path)
+                _check_structure(path, meta, None, None)
+                rows.append(
+                    {
+                        "subject": name,
+                        "version": version,
+                        "created_utc": meta["created_utc"],
+                        "base_model": meta["base_model"]["ref"],
+                        "labels": meta["labels"],
+                        "alignment": meta["alignment"],
+                        "cv_balanced_accuracy": meta["metrics"].get("balanced_accuracy"),
+                        "path": str(path),
+                    }
+                )
+            except (ProfileError, KeyError, TypeError, AttributeError) as err:
+                message = str(err) if isinstance(err, ProfileError) else f"{path}: {err!r}"
+                rows.append(
+                    {"subject": name, "version": version, "path": str(path), "error": message}
+                )
     return rows
 
 

@@ -588,6 +588,10 @@ def test_cues_in_the_first_seconds_of_a_run_are_kept(tmp_path, base_dir, capsys)
     assert rec.marker_labels == tuple(y)  # every cue, the first ones included
     run = rec.meta["runs"][0]
     assert run["markers_open_lsl_s"] <= rec.times[0]  # markers were open before any EEG
+    # The streams are gone (as after a fit killed later): the error names the refit.
+    assert cli(calibrate_command, argv) == 2
+    out = capsys.readouterr().out
+    assert "EEG stream: no LSL stream" in out and f"--from {session}" in out
 
 
 def test_calibrate_from_a_session_folder_refits_from_disk(tmp_path, base_dir, train_fif, capsys):
@@ -657,3 +661,18 @@ def test_a_fit_killed_with_sigkill_is_refitted_from_the_session(tmp_path, base_d
              "--max-minutes", "0.2", "--tuning", "head", "--alignment", "none"]  # fmt: skip
     assert cli(calibrate_command, refit) == 0
     assert load_profile(profiles, "S01").meta["metrics"]["n_trials"] == 48
+
+
+def test_a_damaged_profile_is_listed_as_unusable_without_hiding_the_others(
+    tmp_path, base_dir, capsys
+):
+    _, first = _save_test_profile(tmp_path, base_dir)
+    _, second = _save_test_profile(tmp_path, base_dir)
+    _rewrite_meta(first, lambda m: m.pop("metrics"))
+    rows = list_profiles(tmp_path)
+    assert [r["version"] for r in rows] == [1, 2]
+    assert "missing key(s) ['metrics']" in rows[0]["error"] and "error" not in rows[1]
+    assert cli(profiles_command, ["list", "--profiles-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("S01 v001  UNUSABLE: ") and str(first) in out[0]
+    assert out[1].startswith("S01 v002  ") and str(second) in out[1]
