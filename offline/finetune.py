@@ -28,7 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rtmoe.checkpoint import EXPERT_KIND, CheckpointError, load_checkpoint
+from rtmoe.checkpoint import (
+    EXPERT_KIND,
+    CheckpointError,
+    checkpoint_identity,
+    load_checkpoint,
+)
 from rtmoe.cli import Command, UserError
 from rtmoe.config import Config, FinetuneConfig, MoEConfig, SignalConfig, load_config
 from rtmoe.models.registry import load_expert, model_config
@@ -441,7 +446,7 @@ def finetune(
             "n_train": len(train_idx),
             "n_val": len(val_idx),
             "stopped": stopped,
-            "experts": [str(Path(p).resolve()) for p in experts],
+            "experts": [checkpoint_identity(p) for p in experts],
         }
         config = config.replace(moe=moe, finetune=cfg)
         checkpoint = save_checkpoint(out, model, config, kind=SPECMOE_KIND, meta=meta)

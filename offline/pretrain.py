@@ -473,7 +473,7 @@ def _pretrain(
         "n_experts": n_parts,
         "world_size": info.world,
         "corpus": {
-            "root": str(Path(corpus_root).resolve()),
+            "root": Path(corpus_root).resolve().name,  # a name: no machine path
             "config_hash": corpus.index.get("config_hash"),
             "n_segments": len(corpus),
         },

@@ -121,7 +121,8 @@ def save_checkpoint(
         Extra tensors, e.g. from :func:`optimizer_state` and :func:`rng_state`.
     meta : mapping, optional
         JSON-serialisable caller metadata (expert index, step, ...). Keys must not clash
-        with the provenance keys written here.
+        with the provenance keys written here, and no value may be an absolute path
+        (:func:`absolute_paths`; name other checkpoints by :func:`checkpoint_identity`).
 
     Returns
     -------
@@ -151,6 +152,13 @@ def save_checkpoint(
     if clash:
         raise CheckpointError(
             f"meta keys {clash} clash with provenance keys written by save_checkpoint; rename them"
+        )
+    local = absolute_paths(dict(meta or {}))
+    if local:
+        raise CheckpointError(
+            f"{', '.join(local[:3])}: a checkpoint's meta holds no absolute path (it is "
+            "copied to other machines, shipped in the package); store a name, a path "
+            "relative to the checkpoint, or a content hash (checkpoint_identity)"
         )
     with _atomic_directory(directory) as tmp:
         _write_synced(tmp / WEIGHTS_FILE, weights_blob)
@@ -210,6 +218,45 @@ def write_latest(run_dir: str | Path, name: str) -> None:
     tmp = run_dir / f".{LATEST_FILE}.tmp-{os.getpid()}"
     _write_synced(tmp, f"{name}\n".encode())
     os.replace(tmp, run_dir / LATEST_FILE)
+
+def checkpoint_identity(directory: str | Path) -> dict[str, Any]:
+    """What names a checkpoint in another one's provenance, without a machine path.
+
+    Returns ``name`` (the checkpoint folder's name, after following ``LATEST``: e.g.
+    ``step-00000120``, or the run folder's name joined to it), ``kind``,
+    ``config_hash`` and ``weights_sha256`` from its ``meta.json``: the hashes identify
+    the content wherever it is copied.
+    """
+    given = Path(directory)
+    resolved = resolve_checkpoint(given)
+    meta = json.loads((resolved / META_FILE).read_text())
+    name = given.resolve().name
+    if resolved.resolve() != given.resolve():
+        name = f"{name}/{resolved.resolve().relative_to(given.resolve()).as_posix()}"
+    return {
+        "name": name,
+        "kind": meta.get("kind"),
+        "config_hash": meta.get("config_hash"),
+        "weights_sha256": meta.get("weights_sha256"),
+    }
+
+
+def absolute_paths(meta: Any, key: str = "meta") -> list[str]:
+    """Entries of a JSON-like tree whose string value is an absolute filesystem path.
+
+    Returns ``key[sub][...]=value`` descriptions; ``save_checkpoint`` refuses a ``meta``
+    with any, because a checkpoint travels (the shipped models are checkpoints) and a
+    path of the machine that wrote it means nothing, or the wrong thing, elsewhere.
+    """
+    if isinstance(meta, str):
+        posix = meta.startswith("/") and len(meta) > 1
+        windows = len(meta) > 2 and meta[0].isalpha() and meta[1:3] in (":\\", ":/")
+        return [f"{key}={meta!r}"] if posix or windows or meta.startswith("\\\\") else []
+    if isinstance(meta, Mapping):
+        return [p for k, v in meta.items() for p in absolute_paths(v, f"{key}[{k!r}]")]
+    if isinstance(meta, list | tuple):
+        return [p for i, v in enumerate(meta) for p in absolute_paths(v, f"{key}[{i}]")]
+    return []
 
 
 def load_weights(

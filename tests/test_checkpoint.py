@@ -185,6 +185,27 @@ def test_meta_is_plain_json_and_config_is_toml(tmp_path):
     assert 'name = "tiny"' in (path / ck.CONFIG_FILE).read_text()
 
 
+def test_meta_holds_no_machine_path_and_checkpoints_are_named_by_content(tmp_path):
+    model, _, _ = _trained_tiny(steps=0)
+    for bad in ("/home/me/runs/e0", "C:\\runs\\e0", ["ok", {"deep": "/tmp/x"}]):
+        with pytest.raises(ck.CheckpointError, match="absolute path"):
+            ck.save_checkpoint(tmp_path / "x", model, _tiny_cfg(), kind="t", meta={"p": bad})
+    assert not (tmp_path / "x").exists()
+    ck.save_checkpoint(tmp_path / "x", model, _tiny_cfg(), kind="t", meta={"p": "runs/e0"})
+    run = tmp_path / "run"
+    ck.save_checkpoint(run / "checkpoints" / "s1", model, _tiny_cfg(), kind="t")
+    ck.write_latest(run, "checkpoints/s1")
+    ident = ck.checkpoint_identity(run)
+    meta = ck.load_checkpoint(run).meta
+    assert ident == {
+        "name": "run/checkpoints/s1",
+        "kind": "t",
+        "config_hash": meta["config_hash"],
+        "weights_sha256": meta["weights_sha256"],
+    }
+    assert ck.checkpoint_identity(tmp_path / "x")["name"] == "x"
+
+
 # -- files verified: config hash, missing hashes, unparsable files (issue 12 item 7) --------
 
 

@@ -8,6 +8,17 @@ import json
 import numpy as np
 import pytest
 import torch
+
+from rtmoe.checkpoint import (
+    EXPERT_KIND,
+    CheckpointError,
+    absolute_paths,
+    load_checkpoint,
+    save_checkpoint,
+)
+from rtmoe.config import Config, FinetuneConfig, MoEConfig, SignalConfig
+from rtmoe.models.registry import build_model, model_config
+from rtmoe.models.specmoe import SPECMOE_KIND, SpecMoE, load_specmoe
 from rtmoe.offline import evaluate as evaluate_mod
 from rtmoe.offline import finetune as finetune_mod
 from rtmoe.offline.evaluate import evaluate
@@ -18,11 +29,6 @@ from rtmoe.offline.finetune import (
     predict,
     stratified_split,
 )
-
-from rtmoe.checkpoint import EXPERT_KIND, CheckpointError, load_checkpoint, save_checkpoint
-from rtmoe.config import Config, FinetuneConfig, MoEConfig, SignalConfig
-from rtmoe.models.registry import build_model, model_config
-from rtmoe.models.specmoe import SPECMOE_KIND, SpecMoE, load_specmoe
 from rtmoe.signal import preprocess_trials
 
 SFREQ_IN = 100.0  # resampled to 200 Hz by the task's SignalConfig
@@ -148,7 +154,7 @@ def test_fresh_batchnorm_starts_from_the_data():
     assert torch.equal(model.experts[0].down1_short.conv1.norm.running_var, kept)
 
 
-def test_reload_gives_identical_predictions(run, data):
+def test_reload_gives_identical_predictions(run, data, experts):
     X, y = data
     loaded = load_specmoe(run.checkpoint)
     assert loaded.checkpoint.kind == SPECMOE_KIND
@@ -165,6 +171,11 @@ def test_reload_gives_identical_predictions(run, data):
     np.testing.assert_array_equal(result.outputs, out_mem.softmax(dim=1).numpy())
     meta = loaded.checkpoint.meta
     assert meta["best_epoch"] == run.best_epoch and loaded.config.finetune.epochs == 3
+    # The experts are named by folder and content, never by a path of this machine.
+    assert [e["name"] for e in meta["experts"]] == ["e0", "e1"]
+    for ident, path in zip(meta["experts"], experts, strict=True):
+        assert ident["weights_sha256"] == load_checkpoint(path).meta["weights_sha256"]
+    assert not absolute_paths(meta)
 
 
 def test_learns_a_spectral_task():

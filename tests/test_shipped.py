@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtmoe.checkpoint import WEIGHTS_FILE
+from rtmoe.checkpoint import WEIGHTS_FILE, absolute_paths
 from rtmoe.models.shipped import SHIPPED_MODELS, UnknownModelError, load_model, shipped_path
 from rtmoe.models.specmoe import SPECMOE_KIND
 
@@ -40,6 +40,7 @@ def test_default_config_and_task_are_the_documented_ones(default):
     assert signal.l_freq is None  # slow cortical potentials kept
     assert default.moe.n_experts == 3 and default.moe.use_psd_gate
     assert default.config.model.name == "small"
+    assert not absolute_paths(default.checkpoint.meta)  # nothing of the machine it was built on
     assert not default.model.training
 
 
