@@ -260,8 +260,9 @@ def test_shipped_default_model_verifies():
     from rtmoe.models.shipped import shipped_path
 
     loaded = ck.load_checkpoint(shipped_path("default"))
+    # Hashed as written: the check holds even after rtmoe adds config fields (with
+    # defaults), which change the hash of the resolved tree but not of the saved file.
     assert loaded.meta["config_hash"] == ck.file_config_hash(loaded.path / ck.CONFIG_FILE)
-    assert loaded.meta["config_hash"] == config_hash(loaded.config)
 
 
 # -- the TensorRT engine cache is verified before anything unpickles it --------------------
