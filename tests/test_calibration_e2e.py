@@ -48,9 +48,7 @@ def _start_when_connected(player: Player, timeout_s: float = 20.0) -> threading.
     """Start streaming once both outlets have a consumer, so no trial is missed."""
 
     def start() -> None:
-        # Player exposes no consumer check; its outlets are pylsl StreamOutlets.
-        player._outlet.wait_for_consumers(timeout_s)
-        player._marker_outlet.wait_for_consumers(timeout_s)
+        player.wait_for_consumers(timeout_s)
         player.start()
 
     thread = threading.Thread(target=start, daemon=True)

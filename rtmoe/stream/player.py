@@ -161,6 +161,13 @@ class Player:
         self._claim()
         self._stream()
 
+    def wait_for_consumers(self, timeout_s: float, markers: bool = True) -> bool:
+        """Block until the EEG outlet (and the marker outlet) each have a consumer, so a
+        run started afterwards loses no sample; False if ``timeout_s`` passed first."""
+        if not self._outlet.wait_for_consumers(timeout_s):
+            return False
+        return not markers or bool(self._marker_outlet.wait_for_consumers(timeout_s))
+
     def start(self) -> Player:
         """Stream in a background thread; returns at once."""
         self._claim()
