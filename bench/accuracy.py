@@ -52,7 +52,7 @@ from rtmoe.config import Config, load_config  # noqa: E402
 from rtmoe.offline.corpus.devdata import ALL_DEV_DATASETS, load_dev_split  # noqa: E402
 from rtmoe.offline.evaluate import evaluate  # noqa: E402
 from rtmoe.offline.finetune import TASK_SIGNALS, finetune  # noqa: E402
-from rtmoe.offline.metrics import classification_metrics  # noqa: E402
+from rtmoe.metrics import classification_metrics  # noqa: E402
 
 DATASETS = ALL_DEV_DATASETS  # SCP1, FingerMovements, HandMovementDirection
 RECIPE = ROOT / "offline" / "recipes" / "default_model.toml"

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rtmoe.offline.metrics import classification_metrics, confusion_matrix
+from rtmoe.metrics import classification_metrics, confusion_matrix
 from rtmoe.models.specmoe import LoadedSpecMoE, MoEFeatures, SpecMoE
 from rtmoe.profiles import resize_head
 from rtmoe.signal import apply_alignment
@@ -68,7 +68,7 @@ class FitResult:
     settings : dict
         ``alignment``, ``tuning``, ``epochs``, ``lr``, ``n_folds``, ``seed``.
     metrics : dict
-        Cross-validated metrics of the chosen settings (`rtmoe.offline.metrics`), with
+        Cross-validated metrics of the chosen settings (`rtmoe.metrics`), with
         ``confusion`` (rows true, columns predicted) and ``n_trials``.
     candidates : list of dict
         Every candidate's settings, balanced accuracy, per-fold accuracies, epochs run.

@@ -24,13 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# The live monitor flags channels by the same thresholds as the session's quality report.
+from rtmoe.calibration.quality import FLAT_UV, NOISY_UV
 from rtmoe.calibration.session import Session, marker_label, read_session
 from rtmoe.stream.replay import Replay, marker_sample
 
-#: Below this standard deviation (µV over the last progress period) a channel is flat.
-FLAT_UV = 0.5
-#: Above this standard deviation (µV) a channel is reported as noisy while recording.
-NOISY_UV = 200.0
 
 
 @dataclass

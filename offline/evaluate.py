@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rtmoe.offline.finetune import add_data_arguments, load_trials, predict
-from rtmoe.offline.metrics import classification_metrics, confusion_matrix, regression_metrics
+from rtmoe.metrics import classification_metrics, confusion_matrix, regression_metrics
 
 from rtmoe.cli import Command
 from rtmoe.models.specmoe import LoadedSpecMoE, TaskConfig, load_specmoe

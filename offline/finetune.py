@@ -301,7 +301,7 @@ def finetune(
     progress : bool
         Show a tqdm bar over epochs.
     """
-    from rtmoe.offline.metrics import classification_metrics, regression_metrics
+    from rtmoe.metrics import classification_metrics, regression_metrics
     from tqdm.auto import tqdm
 
     from rtmoe.checkpoint import save_checkpoint

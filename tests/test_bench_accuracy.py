@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rtmoe.offline.corpus.devdata import load_dev_split
-from rtmoe.offline.metrics import classification_metrics
+from rtmoe.metrics import classification_metrics
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "accuracy.py"
 

@@ -1,4 +1,4 @@
-"""rtmoe.offline.metrics against scikit-learn on fixed inputs (sklearn is a dev dependency)."""
+"""rtmoe.metrics against scikit-learn on fixed inputs (sklearn is a dev dependency)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from rtmoe.offline import metrics
+from rtmoe import metrics
 
 
 def _case(n_classes: int, seed: int, n: int = 60, ties: bool = False):
