@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from rtmoe.calibration.session import Recording
+from rtmoe.calibration.session import RecordedSession
 
 from rtmoe.config import SignalConfig
 from rtmoe.signal.chain import continuity_breaks, preprocess_recording
@@ -92,7 +92,7 @@ def split_segments(times: np.ndarray, max_gap_s: float) -> list[tuple[int, int]]
 
 
 def preprocess_segments(
-    rec: Recording, index: np.ndarray, signal: SignalConfig, max_gap_s: float
+    rec: RecordedSession, index: np.ndarray, signal: SignalConfig, max_gap_s: float
 ) -> list[Segment]:
     """Run the signal chain over each continuous segment of a recording, afresh at its
     first sample as the runtime restarts it after a gap."""
@@ -110,7 +110,7 @@ def preprocess_segments(
 
 
 def epoch_recording(
-    rec: Recording,
+    rec: RecordedSession,
     index: np.ndarray,
     signal: SignalConfig,
     n_times: int,
@@ -125,7 +125,7 @@ def epoch_recording(
 
     Parameters
     ----------
-    rec : Recording
+    rec : RecordedSession
         From `rtmoe.calibration.session.read_session`.
     index : ndarray, shape (n_model_chans,), int
         Stream row feeding each model channel (`rtmoe.signal.channels.map_channels`).

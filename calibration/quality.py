@@ -22,7 +22,7 @@ import numpy as np
 from scipy import signal as sps
 
 from rtmoe.calibration.epochs import Trials, split_segments
-from rtmoe.calibration.session import Recording
+from rtmoe.calibration.session import RecordedSession
 
 FLAT_UV = 0.5
 NOISY_UV = 200.0
@@ -97,7 +97,7 @@ def timing(times: np.ndarray, sfreq: float, max_gap_s: float) -> dict[str, Any]:
 
 
 def quality_report(
-    rec: Recording,
+    rec: RecordedSession,
     index: np.ndarray,
     model_ch_names: Sequence[str],
     trials: Trials,
@@ -107,7 +107,7 @@ def quality_report(
 
     Parameters
     ----------
-    rec : Recording
+    rec : RecordedSession
     index : ndarray, shape (n_model_chans,)
         Stream row of each model channel (-1: filled with zeros, skipped here).
     model_ch_names : sequence of str

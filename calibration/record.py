@@ -27,7 +27,7 @@ import numpy as np
 # The live monitor flags channels by the same thresholds as the session's quality report.
 from rtmoe.calibration.quality import FLAT_UV, NOISY_UV
 from rtmoe.calibration.session import Session, marker_label, read_session
-from rtmoe.stream.replay import Replay, marker_sample
+from rtmoe.recording import Recording, marker_sample
 
 
 
@@ -240,7 +240,7 @@ class MarkerInlet:
 
 def record_replay(
     session: Session,
-    replay: Replay,
+    replay: Recording,
     counter: TrialCounter | None = None,
     *,
     chunk_s: float = 1.0,
@@ -252,7 +252,7 @@ def record_replay(
     ----------
     session : Session
         Created from (or resumed with) the same recording.
-    replay : Replay
+    replay : Recording
         The recording (µV) and its annotations as markers.
     counter : TrialCounter, optional
         Updated as the chunks are appended.

@@ -48,8 +48,11 @@ class SessionError(ValueError):
 
 
 @dataclass(frozen=True)
-class Recording:
+class RecordedSession:
     """Everything a session holds, read back.
+
+    Not a `rtmoe.recording.Recording`: every sample carries its LSL timestamp and the
+    markers sit at LSL times, as they arrived, not on sample indices.
 
     Attributes
     ----------
@@ -275,7 +278,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         ) from None
 
 
-def read_session(path: str | Path) -> Recording:
+def read_session(path: str | Path) -> RecordedSession:
     """Read a session back (samples memory-mapped), ignoring a half-written last chunk."""
     path = Path(path)
     meta = read_meta(path)
@@ -296,7 +299,7 @@ def read_session(path: str | Path) -> Recording:
         entry = json.loads(line)
         marker_times.append(entry["t"])
         labels.append(entry["label"])
-    return Recording(
+    return RecordedSession(
         data=eeg.T,
         times=times,
         marker_times=np.asarray(marker_times, dtype=np.float64),

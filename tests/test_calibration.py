@@ -30,8 +30,8 @@ from rtmoe.profiles import (
     load_profile,
     remove_profile,
 )
+from rtmoe.recording import Marker, Recording
 from rtmoe.signal import apply_alignment, preprocess_recording
-from rtmoe.stream.replay import Marker, Replay
 
 torch.set_num_threads(1)
 
@@ -146,11 +146,11 @@ def test_stratified_folds_balance_classes():
 # -- session on disk -----------------------------------------------------------------------
 
 
-def _replay(n_trials: int = 6, sfreq: float = 256.0, n_times: int = 896) -> Replay:
+def _replay(n_trials: int = 6, sfreq: float = 256.0, n_times: int = 896) -> Recording:
     rng = np.random.default_rng(3)
     data = (20 + 10 * rng.normal(size=(6, n_trials * n_times))).astype(np.float32)
     markers = tuple(Marker(i * n_times / sfreq, ("a", "b")[i % 2]) for i in range(n_trials))
-    return Replay(data, sfreq, SCP1_CHANNELS, markers, "synthetic")
+    return Recording(data, sfreq, SCP1_CHANNELS, markers, "synthetic")
 
 
 def _new_session(path, replay):

@@ -29,12 +29,13 @@ from test_calibration import build_trials_fif, cli, make_base_model  # noqa: E40
 from rtmoe.config import RuntimeConfig  # noqa: E402
 from rtmoe.models.shipped import load_model  # noqa: E402
 from rtmoe.profiles import load_profile  # noqa: E402
+from rtmoe.recording import Recording  # noqa: E402
 from rtmoe.runtime.loop import Runtime  # noqa: E402
 from rtmoe.signal import apply_alignment  # noqa: E402
 from rtmoe.signal.channels import map_channels  # noqa: E402
 from rtmoe.stream.lsl import LslSource, resolve_stream  # noqa: E402
 from rtmoe.stream.player import Player  # noqa: E402
-from rtmoe.stream.replay import Replay, demo_recording_path, load_replay  # noqa: E402
+from rtmoe.stream.replay import demo_recording_path, load_replay  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -123,7 +124,7 @@ def test_calibrate_over_lsl_then_live_accuracy_equals_offline(tmp_path, capsys):
 
     # 3. Offline: the same trials from the file, epoched by the same preprocessing.
     n = N_TEST * TRIAL_SAMPLES
-    subset = Replay(demo.data[:, :n], demo.sfreq, demo.ch_names, demo.markers[:N_TEST])
+    subset = Recording(demo.data[:, :n], demo.sfreq, demo.ch_names, demo.markers[:N_TEST])
     with Session.create(tmp_path / "offline", subject="S01", ch_names=demo.ch_names,
                         sfreq=demo.sfreq, source={"kind": "file"}) as session:  # fmt: skip
         record_replay(session, subset)
@@ -170,8 +171,8 @@ def test_ctrl_c_then_resume_over_lsl_keeps_every_trial(tmp_path, capsys):
     whole = load_replay(fif)
     half = 12 * TRIAL_SAMPLES
     parts = [
-        Replay(whole.data[:, :half], whole.sfreq, whole.ch_names, whole.markers[:12]),
-        Replay(whole.data[:, half:], whole.sfreq, whole.ch_names,
+        Recording(whole.data[:, :half], whole.sfreq, whole.ch_names, whole.markers[:12]),
+        Recording(whole.data[:, half:], whole.sfreq, whole.ch_names,
                tuple(m._replace(onset_s=m.onset_s - 42.0) for m in whole.markers[12:])),
     ]  # fmt: skip
     name = f"resume-{uuid.uuid4().hex[:8]}"

@@ -21,13 +21,14 @@ from rtmoe.offline.corpus.preprocess import (
     segment,
     select_channels,
 )
-from rtmoe.offline.corpus.readers import Recording, find_recordings, read_recording
+from rtmoe.offline.corpus.readers import find_recordings, read_recording
 from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter, partition_recordings
 from rtmoe.offline.corpus.ts import read_ts
 from scipy import signal
 
 from rtmoe.cli import UserError
 from rtmoe.config import TEN_TWENTY_19, Config, CorpusConfig, SignalConfig, to_dict
+from rtmoe.recording import Recording
 from rtmoe.signal import canonical_name, preprocess_trials
 
 SFREQ = 256.0
@@ -236,7 +237,7 @@ def test_mne_round_trip_to_segments(tmp_path, clean_uv, ext):
     path = _write(tmp_path / f"rec{ext}", clean_uv)
     rec = read_recording(path)
     assert rec.sfreq == SFREQ and rec.ch_names == tuple(FILE_NAMES)
-    assert rec.data.dtype == np.float64 and rec.path == path
+    assert rec.data.dtype == np.float64 and rec.source == str(path)
     np.testing.assert_allclose(rec.data, clean_uv, atol=TOLERANCE_UV[ext])
 
     cfg = Config()
@@ -264,7 +265,7 @@ def test_preprocess_known_answers():
     sfreq = 500.0
     t = np.arange(int(20 * sfreq)) / sfreq
     x = 40 * np.sin(2 * np.pi * 10 * t) + 30 * np.sin(2 * np.pi * 50 * t) + 25.0
-    rec = Recording(x[None], sfreq, ("Cz",), Path("sine.fif"))
+    rec = Recording(x[None], sfreq, ("Cz",), source="sine.fif")
     y = preprocess(rec, SignalConfig())[0]
     assert y.shape == (4000,)
     tail = y[2000:]  # the last 10 s, settled
@@ -297,13 +298,13 @@ def test_canonical_name():
 
 def test_select_channels_missing_lists_exactly(clean_uv):
     names = [n for n in FILE_NAMES if "P8" not in n and "O1" not in n]
-    rec = Recording(clean_uv[: len(names)], SFREQ, tuple(names), Path("/data/x.edf"))
+    rec = Recording(clean_uv[: len(names)], SFREQ, tuple(names), source="/data/x.edf")
     with pytest.raises(InputError) as err:
         select_channels(rec, TEN_TWENTY_19)
     message = str(err.value)
     assert message.startswith("/data/x.edf: missing channel(s) ['O1', 'T6']: the data have [")
     assert "'EEG FP1-REF'" in message and "corpus.channels" in message
-    dup = Recording(clean_uv[:2], SFREQ, ("T7", "EEG T3-REF"), Path("d.fif"))
+    dup = Recording(clean_uv[:2], SFREQ, ("T7", "EEG T3-REF"), source="d.fif")
     with pytest.raises(InputError, match=r"'T3' matches \['T7', 'EEG T3-REF'\]"):
         select_channels(dup, ["T3"])
 
@@ -313,11 +314,11 @@ def test_segment_rejects_artifact_and_skips_short(clean_uv):
     dirty = clean_uv.copy()
     burst = slice(int(135 * SFREQ), int(136 * SFREQ))  # inside window 2 (120-150 s)
     dirty[5, burst] += 400 * np.sin(2 * np.pi * 10 * np.arange(256) / SFREQ)
-    rec = Recording(dirty, SFREQ, tuple(FILE_NAMES), Path("a.fif"))
+    rec = Recording(dirty, SFREQ, tuple(FILE_NAMES), source="a.fif")
     x = preprocess(select_channels(rec, TEN_TWENTY_19), cfg.signal)
     segments, n_rejected, reason = segment(x, 200.0, cfg.corpus, unit_uv=100.0)
     assert (len(segments), n_rejected, reason) == (N_WINDOWS - 1, 1, None)
-    clean_rec = Recording(clean_uv, SFREQ, rec.ch_names, rec.path)
+    clean_rec = Recording(clean_uv, SFREQ, rec.ch_names, source=rec.source)
     clean = preprocess(select_channels(clean_rec, TEN_TWENTY_19), cfg.signal)
     # Window 3 follows the burst: identical up to the IIR tail and the shifted mean.
     np.testing.assert_allclose(segments[2], clean[:, 150 * 200 : 180 * 200], atol=1e-4)

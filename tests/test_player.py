@@ -18,14 +18,10 @@ import pytest
 pylsl = pytest.importorskip("pylsl")
 mne = pytest.importorskip("mne")
 
+from rtmoe.recording import Marker, Recording  # noqa: E402
 from rtmoe.stream.lsl import LslSource, resolve_stream  # noqa: E402
 from rtmoe.stream.player import Player, command  # noqa: E402
-from rtmoe.stream.replay import (  # noqa: E402
-    Marker,
-    Replay,
-    demo_recording_path,
-    load_replay,
-)
+from rtmoe.stream.replay import demo_recording_path, load_replay  # noqa: E402
 
 SFREQ = 200.0
 N_TIMES = 300  # 1.5 s
@@ -94,7 +90,7 @@ def _pull_markers(inlet, n_wanted: int, deadline_s: float = 3.0):
     return labels, np.array(stamps)
 
 
-def _stream(replay: Replay, n_expected: int, n_markers: int, **player_kwargs):
+def _stream(replay: Recording, n_expected: int, n_markers: int, **player_kwargs):
     name = _unique("play")
     with Player(replay, name=name, **player_kwargs) as player:
         # The first pull that finds data blocks ~0.6 s for clock sync; the inlet must
@@ -138,7 +134,7 @@ def test_load_replay_errors(tmp_path):
     with pytest.raises(ValueError, match=r"no EEG channels \(channel types: \['misc'\]\)"):
         load_replay(misc)
     with pytest.raises(ValueError, match="outside the recording"):
-        Replay(np.zeros((1, 10), np.float32), 10.0, ("Cz",), (Marker(1.0, "x"),))
+        Recording(np.zeros((1, 10), np.float32), 10.0, ("Cz",), (Marker(1.0, "x"),))
 
 
 def test_every_sample_in_order_with_exact_stamps_and_markers(synthetic_fif):
@@ -167,7 +163,7 @@ def test_every_sample_in_order_with_exact_stamps_and_markers(synthetic_fif):
 def test_speed_and_loop():
     n_times = 100  # 0.5 s at 200 Hz, two markers
     counter = np.arange(n_times, dtype=np.float32)[None]
-    replay = Replay(counter, SFREQ, ("C",), (Marker(0.0, "a"), Marker(0.3, "b")), "counter")
+    replay = Recording(counter, SFREQ, ("C",), (Marker(0.0, "a"), Marker(0.3, "b")), "counter")
     # 1.3 s of recording: two whole passes and 60 samples (which include marker "a" only).
     player, data, stamps, _, labels, marker_stamps, elapsed_s = _stream(
         replay, 260, 5, loop=True, speed=4.0, duration_s=1.3
@@ -183,7 +179,7 @@ def test_speed_and_loop():
 
 
 def test_stop_interrupts_an_endless_loop():
-    replay = Replay(np.zeros((2, 50), np.float32), SFREQ, ("C3", "C4"))
+    replay = Recording(np.zeros((2, 50), np.float32), SFREQ, ("C3", "C4"))
     with Player(replay, name=_unique("stop"), loop=True) as player:
         player.start()
         time.sleep(0.3)
@@ -196,7 +192,7 @@ def test_stop_interrupts_an_endless_loop():
 
 
 def test_player_argument_errors():
-    replay = Replay(np.zeros((1, 10), np.float32), SFREQ, ("Cz",))
+    replay = Recording(np.zeros((1, 10), np.float32), SFREQ, ("Cz",))
     for kwargs, message in [
         ({"speed": 0.0}, "speed=0.0"),
         ({"chunk_ms": -5.0}, "chunk_ms=-5.0"),

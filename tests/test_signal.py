@@ -9,8 +9,6 @@ trial preparation) and, independently of rtmoe, from scipy's ``upfirdn`` and ``s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy import signal as sps
@@ -18,7 +16,7 @@ from scipy import signal as sps
 from rtmoe.config import SignalConfig
 from rtmoe.dsp.filters import design_filter
 from rtmoe.offline.corpus.preprocess import preprocess
-from rtmoe.offline.corpus.readers import Recording
+from rtmoe.recording import Recording
 from rtmoe.signal import SignalChain, preprocess_recording, preprocess_trials, resampler_delay_s
 from rtmoe.stream.replay import demo_recording_path, load_replay
 
@@ -92,7 +90,7 @@ def test_streaming_chain_equals_training_form(sfreq):
     live_stamps = np.concatenate(live_stamps)
     # Training: what `rtmoe prepare` runs on a recording, and the timestamps it implies.
     rec = Recording(
-        x32.astype(np.float64), sfreq, tuple(f"ch{i}" for i in range(len(x))), Path("r")
+        x32.astype(np.float64), sfreq, tuple(f"ch{i}" for i in range(len(x))), source="r"
     )
     train = preprocess(rec, SHIPPED)
     _, newest = preprocess_recording(x32, sfreq, SHIPPED)

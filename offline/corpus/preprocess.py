@@ -9,9 +9,9 @@ from typing import NamedTuple
 
 import numpy as np
 from rtmoe.offline.corpus import FILE_FIX, InputError
-from rtmoe.offline.corpus.readers import Recording
 
 from rtmoe.config import CorpusConfig, SignalConfig
+from rtmoe.recording import Recording
 from rtmoe.signal import ChannelError, map_channels, preprocess_recording
 
 
@@ -39,7 +39,7 @@ def select_channels(rec: Recording, channels: Sequence[str]) -> Recording:
     try:
         rows = map_channels(rec.ch_names, channels, fix=FILE_FIX)
     except ChannelError as err:
-        raise InputError(f"{rec.path}: {err}") from None
+        raise InputError(f"{rec.source}: {err}") from None
     return replace(rec, data=rec.data[rows], ch_names=tuple(channels))
 
 
@@ -59,7 +59,7 @@ def check_sfreq(rec: Recording, cfg: SignalConfig) -> None:
     if not ok:
         what = f"signal.h_freq={cfg.h_freq} Hz" if cfg.h_freq is not None else "no low-pass"
         raise InputError(
-            f"{rec.path}: sampled at {rec.sfreq:g} Hz, too low for {what} (needs "
+            f"{rec.source}: sampled at {rec.sfreq:g} Hz, too low for {what} (needs "
             f"{'above' if cfg.h_freq is not None else 'at least'} {needed:g} Hz); lower "
             f"signal.h_freq below {rec.sfreq / 2:g} Hz or drop the recording"
         )

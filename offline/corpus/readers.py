@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from rtmoe.offline.corpus import FILE_FIX, InputError
 
+from rtmoe.recording import Recording
 from rtmoe.signal import ChannelError, map_channels
 
 #: File endings read as recordings. BrainVision is read from its header (.vhdr), which
 #: names the .eeg/.vmrk files beside it; EEGLAB's .set may point at a .fdt.
 RECORDING_EXTENSIONS: tuple[str, ...] = (".edf", ".bdf", ".fif", ".fif.gz", ".vhdr", ".set")
-
-
-@dataclass(frozen=True)
-class Recording:
-    """One continuous EEG recording.
-
-    Attributes
-    ----------
-    data : ndarray, shape (n_chans, n_times), float64, µV
-    sfreq : float, Hz
-    ch_names : tuple of str, length n_chans
-    path : Path, the file it came from (named in every error about it)
-    """
-
-    data: np.ndarray
-    sfreq: float
-    ch_names: tuple[str, ...]
-    path: Path
-
-    @property
-    def duration_s(self) -> float:
-        return self.data.shape[-1] / self.sfreq
 
 
 def is_recording(path: Path) -> bool:
@@ -86,8 +64,8 @@ def read_recording(path: str | Path, channels: Sequence[str] | None = None) -> R
     Returns
     -------
     Recording
-        ``data`` (n_chans, n_times) float64 in µV of the EEG channels only (or of
-        ``channels``).
+        The one `rtmoe.recording.Recording` type: ``data`` (n_chans, n_times) float64
+        in µV of the EEG channels only (or of ``channels``), ``source`` the file path.
 
     Raises
     ------
@@ -142,4 +120,4 @@ def read_recording(path: str | Path, channels: Sequence[str] | None = None) -> R
             f"{path}: {int(bad.sum())} non-finite samples (NaN/inf) in channels {chans}; "
             "repair or interpolate them, or remove the recording from the input"
         )
-    return Recording(data=data, sfreq=sfreq, ch_names=ch_names, path=path)
+    return Recording(data=data, sfreq=sfreq, ch_names=ch_names, source=str(path))

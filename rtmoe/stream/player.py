@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from rtmoe.command import Command
-from rtmoe.stream.replay import Replay, demo_recording_path, load_replay, marker_sample
+from rtmoe.recording import Recording, marker_sample
+from rtmoe.stream.replay import demo_recording_path, load_replay
 
 
 def _import_pylsl():
@@ -33,14 +34,14 @@ def _import_pylsl():
 
 
 class Player:
-    """Streams a `Replay` to two LSL outlets: the EEG and a marker stream.
+    """Streams a `Recording` to two LSL outlets: the EEG and a marker stream.
 
     The outlets exist from construction on, so consumers can subscribe before the first
     sample; streaming starts with `start` (background thread) or `run` (this thread).
 
     Parameters
     ----------
-    replay : Replay
+    replay : Recording
         The recording; its markers go to the marker stream.
     name, type : str
         LSL name and content type of the EEG stream; the marker stream is named
@@ -71,7 +72,7 @@ class Player:
 
     def __init__(
         self,
-        replay: Replay,
+        replay: Recording,
         name: str = "rtmoe-play",
         type: str = "EEG",
         source_id: str | None = None,
@@ -99,7 +100,7 @@ class Player:
         else:
             self._n_total = math.inf if loop else replay.n_times
         # LSL wants (samples, channels): the one transpose on the producing side.
-        self._frames = np.ascontiguousarray(replay.data.T)
+        self._frames = np.ascontiguousarray(replay.data.T, dtype=np.float32)
         self._marker_samples = [marker_sample(m, replay.sfreq) for m in replay.markers]
         self._marker_labels = [m.label for m in replay.markers]
 

@@ -1,88 +1,22 @@
 """Recordings to replay as live streams: any file MNE reads, with its annotations as markers.
 
 The runtime reads files itself (``rtmoe`` never imports ``offline``), so this is a small
-reader of its own: EEG channels in µV as float32, plus one marker per annotation.
+reader of its own: EEG channels in µV as float32, plus one marker per annotation, as the
+one `rtmoe.recording.Recording` type (the corpus reader returns the same type).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
+from rtmoe.recording import Marker, Recording
+
 #: The shipped demo recording (see rtmoe/data/README.md), named as MNE expects.
 DEMO_FILENAME = "demo_scp1_eeg.fif.gz"
-
-
-class Marker(NamedTuple):
-    """One event: its onset in seconds from the first sample, on a sample, and its label."""
-
-    onset_s: float
-    label: str
-
-
-@dataclass(frozen=True)
-class Replay:
-    """A recording held in memory, ready to stream.
-
-    Attributes
-    ----------
-    data : ndarray, shape (n_chans, n_times), float32, µV
-    sfreq : float, Hz
-    ch_names : tuple of str, length n_chans
-    markers : tuple of Marker, sorted by onset; every onset is ``index / sfreq`` for a
-        sample index inside the recording
-    source : str, where it came from (named in messages)
-    """
-
-    data: np.ndarray
-    sfreq: float
-    ch_names: tuple[str, ...]
-    markers: tuple[Marker, ...] = ()
-    source: str = "<array>"
-
-    def __post_init__(self) -> None:
-        if self.data.ndim != 2 or self.data.dtype != np.float32:
-            raise ValueError(
-                f"data has shape {self.data.shape} and dtype {self.data.dtype}; a Replay "
-                "needs float32 (n_chans, n_times) in µV"
-            )
-        if self.data.shape[0] != len(self.ch_names):
-            raise ValueError(
-                f"data has {self.data.shape[0]} channels but ch_names has "
-                f"{len(self.ch_names)}; give one name per row of data"
-            )
-        if not self.sfreq > 0:
-            raise ValueError(f"sfreq={self.sfreq} must be a positive rate in Hz")
-        if self.n_times == 0:
-            raise ValueError(f"{self.source}: the recording has no samples")
-        for marker in self.markers:
-            if not 0 <= marker_sample(marker, self.sfreq) < self.n_times:
-                raise ValueError(
-                    f"{self.source}: marker {marker} lies outside the recording "
-                    f"(0 to {self.duration_s:g} s); drop it or fix its onset"
-                )
-
-    @property
-    def n_chans(self) -> int:
-        return self.data.shape[0]
-
-    @property
-    def n_times(self) -> int:
-        return self.data.shape[1]
-
-    @property
-    def duration_s(self) -> float:
-        return self.n_times / self.sfreq
-
-
-def marker_sample(marker: Marker, sfreq: float) -> int:
-    """Index of the sample a marker sits on."""
-    return round(marker.onset_s * sfreq)
 
 
 def demo_recording_path() -> Path:
@@ -102,7 +36,7 @@ def demo_recording_path() -> Path:
     return path
 
 
-def load_replay(path: str | Path) -> Replay:
+def load_replay(path: str | Path) -> Recording:
     """Read a recording's EEG channels and its annotations.
 
     Parameters
@@ -114,7 +48,7 @@ def load_replay(path: str | Path) -> Replay:
 
     Returns
     -------
-    Replay
+    Recording
         EEG channels only, in µV as float32; one `Marker` per annotation inside the
         recording, on the sample nearest its onset, labelled with its description.
         Annotations outside the recording are dropped with a warning.
@@ -167,7 +101,7 @@ def load_replay(path: str | Path) -> Replay:
         ),
         key=lambda marker: marker.onset_s,
     )
-    return Replay(
+    return Recording(
         data=data,
         sfreq=sfreq,
         ch_names=tuple(raw.ch_names[i] for i in picks),
