@@ -106,7 +106,22 @@ class Status:
     disabled_plugins: tuple[str, ...]
     nonfinite_values: int
     filled_channels: tuple[str, ...]
+    sfreq_declared: float | None = None
+    sfreq_clock: float | None = None
+    timestamp_jitter_ms: float | None = None
+    continuity_resets: int = 0
+    lag_ms: float | None = None
+    stale_windows: int = 0
+    refused_windows: int = 0
+    error: str | None = None
+    error_detail: str | None = None
     received_s: float = field(default=math.nan, compare=False)
+
+    @property
+    def decoding(self) -> bool:
+        """Whether the runtime publishes decodes in this state (``RUNNING``/``LAGGING``);
+        a state this client does not know counts as not decoding."""
+        return self.state in ("RUNNING", "LAGGING")
 
 
 Message = Decode | Status
@@ -136,8 +151,8 @@ def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, list) and all(map(check, v))
 
 
-# The schema 1.1 contract: every 1.0 field is required, the 1.1 fields are optional
-# (a 1.0 runtime does not send them); fields of a later 1.x are ignored.
+# The schema 1.2 contract: every 1.0 field is required, the 1.1 and 1.2 fields are
+# optional (an older runtime does not send them); fields of a later 1.x are ignored.
 _FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "decode": {
         "seq": _is_int,
@@ -177,13 +192,33 @@ _FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "disabled_plugins": _list_of(_is_str),
         "nonfinite_values": _is_int,
         "filled_channels": _list_of(_is_str),
+        "sfreq_declared": _or_null(_is_num),
+        "sfreq_clock": _or_null(_is_num),
+        "timestamp_jitter_ms": _or_null(_is_num),
+        "continuity_resets": _is_int,
+        "lag_ms": _or_null(_is_num),
+        "stale_windows": _is_int,
+        "refused_windows": _is_int,
+        "error": _or_null(_is_str),
+        "error_detail": _or_null(_is_str),
     },
 }
-_ADDED_IN_1_1: dict[str, Any] = {
+# Fields a 1.0 (or 1.1) runtime does not send, and the value they are read as.
+_ADDED_SINCE_1_0: dict[str, Any] = {
     "extras": {},
     "disabled_plugins": [],
     "nonfinite_values": 0,
     "filled_channels": [],
+    # 1.2
+    "sfreq_declared": None,
+    "sfreq_clock": None,
+    "timestamp_jitter_ms": None,
+    "continuity_resets": 0,
+    "lag_ms": None,
+    "stale_windows": 0,
+    "refused_windows": 0,
+    "error": None,
+    "error_detail": None,
 }
 
 
@@ -242,8 +277,8 @@ def parse(frames: bytes | Sequence[bytes], received_s: float = math.nan) -> Mess
         raise ProtocolError(f"payload type={kind!r} on topic {topic!r} is not an rtmoe message")
     values = {}
     for name, check in _FIELDS[kind].items():
-        if name not in data and name in _ADDED_IN_1_1:
-            values[name] = _ADDED_IN_1_1[name]
+        if name not in data and name in _ADDED_SINCE_1_0:
+            values[name] = _ADDED_SINCE_1_0[name]
             continue
         if name not in data:
             raise ProtocolError(f"{kind} payload lacks field {name!r}")

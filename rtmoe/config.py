@@ -272,6 +272,18 @@ class RuntimeConfig:
     decoding resumes once a whole window of new samples has arrived, so no window ever
     spans the hole. Shorter gaps are counted and bridged. ``fill``: ``"zeros"`` feeds
     model channels the stream lacks as flat zeros (in model units) instead of an error.
+
+    Trust (``rtmoe stream`` never publishes a decode it cannot stand behind):
+    ``max_age_s``: a window whose newest sample is older than this when it would be
+    published (a backlog after a stall, a sender stamping at the wrong rate) is not
+    published but counted as stale; so is one whose latency is negative beyond the clock
+    model's jitter (a sender's clock that jumped ahead). ``max_lag_ms``: when even the
+    freshest sample read during a whole heartbeat period was older than this (default:
+    one hop), the state is ``LAGGING``. ``rate_tolerance``: a sender whose clock runs at
+    a rate departing from its declared one by more than this fraction is a status error
+    (``rate_mismatch``) and nothing is decoded until it is back within tolerance.
+    ``wait_s``: at start-up, how long to wait for the stream (state ``WAITING``, status
+    published every second) before giving up; ``None`` waits until it appears or Ctrl-C.
     """
 
     hop_ms: float = 100.0
@@ -288,10 +300,22 @@ class RuntimeConfig:
     max_buflen_s: int = 1  # LSL inlet queue; older samples are dropped (seen as a gap)
     resolve_timeout_s: float = 2.0
     timing_records: int = 36000  # per-hop timings kept (1 h at 10 Hz), newest win
+    max_age_s: float = 1.0  # older windows are not published (counted as stale)
+    max_lag_ms: float | None = None  # LAGGING beyond this; None: one hop
+    rate_tolerance: float = 0.01  # relative; beyond it: status error, no decodes
+    wait_s: float | None = None  # start-up wait for the stream; None: until it appears
 
     def validate(self) -> None:
         _positive(self, "hop_ms", "stall_timeout_ms", "max_gap_ms", "status_period_s")
         _positive(self, "poll_ms", "max_buflen_s", "resolve_timeout_s", "timing_records")
+        _positive(self, "max_age_s", "rate_tolerance")
+        if self.max_lag_ms is not None and not self.max_lag_ms > 0:
+            raise ConfigError(f"runtime.max_lag_ms={self.max_lag_ms} must be > 0 or none")
+        if self.wait_s is not None and not self.wait_s >= 0:
+            raise ConfigError(
+                f"runtime.wait_s={self.wait_s} must be >= 0 seconds, or none to wait until "
+                "the stream appears"
+            )
         if self.fill not in ("error", "zeros"):
             raise ConfigError(
                 f"runtime.fill={self.fill!r} must be 'error' or 'zeros' (flat channels for "

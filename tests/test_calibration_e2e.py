@@ -87,8 +87,9 @@ def test_calibrate_over_lsl_then_live_accuracy_equals_offline(tmp_path, capsys):
     demo = load_replay(demo_recording_path())
     live = f"live-{uuid.uuid4().hex[:8]}"
     cfg = RuntimeConfig(
-        hop_ms=3500.0, engine="torch", device="cpu", zmq_address="tcp://127.0.0.1:0"
-    )
+        hop_ms=3500.0, engine="torch", device="cpu", zmq_address="tcp://127.0.0.1:0",
+        rate_tolerance=SPEED,  # the replay's clock runs SPEED times the declared rate
+    )  # fmt: skip
     decodes, markers = [], []
     with Player(demo, name=live, speed=SPEED, chunk_ms=100, duration_s=N_TEST * 3.5) as player:
         source = LslSource({"name": live, "timeout_s": 2.0}, max_buflen_s=60)

@@ -8,9 +8,12 @@ module is imported only when one of them runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import re
+import signal
 import sys
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -80,6 +83,19 @@ def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         help="model channels missing from the stream: error, or zeros (flat, reported)",
     )
     parser.add_argument("--duration-s", type=float, help="stop after this many seconds")
+    parser.add_argument(
+        "--wait-s",
+        type=float,
+        help="seconds to wait for the stream at start-up (state WAITING on the status "
+        "topic meanwhile); default: wait until it appears (Ctrl-C stops)",
+    )
+    parser.add_argument(
+        "--max-age-s",
+        type=float,
+        default=RuntimeConfig().max_age_s,
+        help="never publish a decode whose newest sample is older than this (s; such "
+        "windows are counted as stale)",
+    )
     parser.add_argument("--subject", help="apply this subject's profile (rtmoe calibrate)")
     parser.add_argument(
         "--profiles-dir",
@@ -205,11 +221,41 @@ def _check_stream_args(args: argparse.Namespace) -> tuple[dict, RuntimeConfig, l
         raise UserError(f"--device {args.device!r} must be auto, cpu, cuda or cuda:N")
     if args.model:
         check_model_ref(args.model)
+    if args.wait_s is not None and not args.wait_s >= 0:
+        raise UserError(f"--wait-s {args.wait_s:g} must be >= 0 seconds (omit it to wait on)")
+    if not args.max_age_s > 0:
+        raise UserError(f"--max-age-s {args.max_age_s:g} must be > 0 seconds")
     cfg = _runtime_config(
-        args, allow_remote=args.allow_remote, single_frame=args.single_frame, fill=args.fill
+        args,
+        allow_remote=args.allow_remote,
+        single_frame=args.single_frame,
+        fill=args.fill,
+        wait_s=args.wait_s,
+        max_age_s=args.max_age_s,
     )
     cfg.validate()
     return query, cfg, exposed
+
+
+@contextlib.contextmanager
+def _interrupt_on_term():
+    """During start-up, SIGTERM and SIGHUP stop like Ctrl-C (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
+        signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _warn_remote(args: argparse.Namespace, exposed: list[str]) -> None:
@@ -233,6 +279,22 @@ def _warn_remote(args: argparse.Namespace, exposed: list[str]) -> None:
 
 def _run_stream(args: argparse.Namespace) -> int:
     query, cfg, exposed = _check_stream_args(args)  # before any model load or LSL resolve
+    try:  # Ctrl-C, SIGTERM or SIGHUP while loading or waiting: a summary and exit 0
+        with _interrupt_on_term():
+            runtime = _start_stream(args, query, cfg, exposed)
+    except KeyboardInterrupt:
+        print("stopped during start-up (loading or waiting for the stream): 0 decodes", flush=True)
+        return 0
+    try:
+        summary = _decode_stream(args, runtime)
+    except KeyboardInterrupt:  # in the instant before run() took over the signals
+        summary = runtime.summary()
+        runtime.close()
+    print(summary.describe(), flush=True)
+    return 0
+
+
+def _start_stream(args: argparse.Namespace, query: dict, cfg: RuntimeConfig, exposed: list):
     profile = None
     if args.subject:
         from rtmoe.profiles import default_profiles_dir, load_profile
@@ -245,12 +307,18 @@ def _run_stream(args: argparse.Namespace) -> int:
     _warn_remote(args, exposed)
     from rtmoe.runtime.loop import Runtime
 
+    wait = "until it appears" if cfg.wait_s is None else f"up to {cfg.wait_s:g} s"
+    what = " and ".join(f"{k}={v!r}" for k, v in query.items())
+    print(f"looking for the LSL stream {what} (waiting {wait}); Ctrl-C stops", flush=True)
     try:
-        runtime = Runtime(
+        return Runtime(
             model, query, cfg, cache_dir=args.cache_dir, plugins=args.plugin, profile=profile
         )
     except LslError as err:
         raise UserError(str(err)) from None
+
+
+def _decode_stream(args: argparse.Namespace, runtime):
     print(
         f"decoding {runtime.model_id} ({', '.join(runtime.labels)}) every "
         f"{runtime.hop / runtime.sfreq * 1e3:g} ms from {runtime.source.channel_names}; "
@@ -260,9 +328,7 @@ def _run_stream(args: argparse.Namespace) -> int:
         + "\nCtrl-C stops.",
         flush=True,
     )
-    summary = runtime.run(args.duration_s, console=True)
-    print(summary.describe(), flush=True)
-    return 0
+    return runtime.run(args.duration_s, console=True)
 
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:

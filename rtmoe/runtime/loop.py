@@ -32,6 +32,27 @@ restarts: the LSL inlet reconnects to an outlet with the same source_id on its o
 Sample values never stop it either: non-finite and absurd samples are repaired by the
 preprocessing, and a decode whose model output is still not finite is skipped and
 counted (`Runtime.nonfinite_outputs`), never published.
+
+Trust. Nothing is published that the runtime cannot stand behind (`RuntimeConfig`):
+
+- *Start-up*: given a query, the runtime waits for the stream (state ``WAITING``, a
+  status every second once the first look-up found nothing) for ``wait_s`` seconds
+  (default: until it appears); several matching streams are an error at once.
+- *Rate*: the sender's clock rate (`rtmoe.stream.clock`) departing from the declared one
+  beyond ``rate_tolerance`` is state ``ERROR`` (``rate_mismatch``); due windows are
+  refused (`refused_windows`), never decoded at the wrong rate.
+- *Identity*: a stream that came back with another rate, channel count or channel names
+  (checked by `LslSource` after every stall) is state ``ERROR`` (``stream_mismatch``):
+  its samples are discarded and the runtime waits for the right one; until a recovered
+  stream is confirmed, due windows are refused too. A stream without source_id that is
+  lost is looked for again by name and type (state ``STALLED`` meanwhile).
+- *Age*: a window whose newest sample is older than ``max_age_s`` at publication, or
+  whose latency is negative beyond the clock's jitter (max(10 ms, 3 × jitter)), is not
+  published (`stale_windows`). When even the freshest sample read over a whole status
+  period was older than ``max_lag_ms`` (default one hop), the state is ``LAGGING``.
+
+Every due window is accounted for: decodes + skipped + stale + refused + non-finite.
+SIGINT, SIGTERM and SIGHUP stop `run` cleanly (summary, a last ``STOPPING`` status).
 """
 
 from __future__ import annotations
@@ -56,13 +77,20 @@ from rtmoe.engine import build_engine
 from rtmoe.models.shipped import load_model
 from rtmoe.models.specmoe import LoadedSpecMoE
 from rtmoe.profiles import Profile, apply_profile
-from rtmoe.signal.channels import map_channels
 from rtmoe.runtime.plugins import Plugin, PluginContext, PluginRunner
 from rtmoe.signal.chain import SignalChain, continuity_breaks
-from rtmoe.stream.lsl import LslSource
+from rtmoe.signal.channels import map_channels
+from rtmoe.stream.lsl import LslError, LslSource, SourceStatus, StreamSearch, describe_stream
 from rtmoe.stream.ring import RingBuffer
 from rtmoe.stream.sliding import SlidingWelch
-from rtmoe.transport import DecodeMessage, Heartbeat, RuntimeState, StatusMessage, ZmqPublisher
+from rtmoe.transport import (
+    DecodeMessage,
+    Heartbeat,
+    RuntimeState,
+    StatusError,
+    StatusMessage,
+    ZmqPublisher,
+)
 
 if TYPE_CHECKING:
     import pylsl
@@ -83,6 +111,12 @@ class RunSummary:
         From the source (LSL timestamps) and the preprocessing.
     nonfinite_outputs : int
         Decodes skipped because the model's output was not finite.
+    stale_windows : int
+        Windows not published: data older than ``max_age_s`` or negative latency.
+    refused_windows : int
+        Windows not decoded: wrong or unconfirmed stream, or a rate mismatch.
+    reconnects : int
+        Lost streams (without source_id) found again and reconnected.
     sfreq_mismatch : float or None
         The sender's clock rate where it departs from the declared one
         (`rtmoe.stream.lsl.LslSource.sfreq_mismatch`).
@@ -105,6 +139,9 @@ class RunSummary:
     duration_s: float
     nonfinite_outputs: int = 0
     sfreq_mismatch: float | None = None
+    stale_windows: int = 0
+    refused_windows: int = 0
+    reconnects: int = 0
 
     def describe(self) -> str:
         return (
@@ -119,6 +156,13 @@ class RunSummary:
                 if self.nonfinite_outputs
                 else ""
             )
+            + (f"; {self.stale_windows} stale windows not published" if self.stale_windows else "")
+            + (
+                f"; {self.refused_windows} windows refused (wrong stream or rate)"
+                if self.refused_windows
+                else ""
+            )
+            + (f"; {self.reconnects} reconnects" if self.reconnects else "")
             + (
                 f"; stream runs at {self.sfreq_mismatch:.2f} Hz, not its declared rate"
                 if self.sfreq_mismatch is not None
@@ -208,24 +252,87 @@ class Runtime:
                 "publishes class probabilities, so give it a classification checkpoint"
             )
 
-        if isinstance(stream, LslSource):
-            self.source = stream
-        else:
-            if isinstance(stream, Mapping):
-                stream = {"timeout_s": cfg.resolve_timeout_s, **stream}
-            self.source = LslSource(
-                stream, max_buflen_s=cfg.max_buflen_s, stall_timeout_ms=cfg.stall_timeout_ms
-            )
-        if profile is not None:  # refuses another base model or montage
-            self.loaded = apply_profile(self.loaded, profile, self.source.channel_names)
-            subject_id = subject_id or profile.subject
+        from pylsl import local_clock
+
+        self._clock = local_clock  # LSL time: the one time base of every message
+        self._heartbeat = Heartbeat(cfg.status_period_s)
+        self._stop = threading.Event()
         task, sig = self.loaded.task, self.loaded.config.signal
         self.sfreq = sig.sfreq
         self.n_times = task.n_times
         self.hop = max(1, round(cfg.hop_ms * 1e-3 * self.sfreq))
         sha = str(self.loaded.checkpoint.meta.get("weights_sha256", ""))[:12]
         self.model_id = f"{task.name}-{sha}" if sha else task.name
-        self.subject_id = subject_id
+        self.subject_id = subject_id or (profile.subject if profile is not None else None)
+        self.decodes = self.skipped_windows = self.status_seq = 0
+        self.nonfinite_outputs = self.stale_windows = self.refused_windows = 0
+        self.state = RuntimeState.WAITING
+        self.error: StatusError | None = None
+        self.error_detail: str | None = None
+        self.source: LslSource | None = None
+        self.preprocessor: SignalChain | None = None
+        self.filled_channels: list[str] = []
+        self._lag_now = math.inf  # smallest newest-sample age read in this status period
+        self._lag_prev = -math.inf  # ... in the previous one (-inf: none)
+        budget_ms = cfg.max_lag_ms if cfg.max_lag_ms is not None else self.hop / self.sfreq * 1e3
+        self._lag_budget_s = budget_ms * 1e-3
+        self._beat_latency = [0.0, 0.0, 0]  # sum, max, count since the last status
+        self._started_s = self._clock()
+        self._owns_publisher = publisher is None
+        self.publisher: ZmqPublisher = publisher  # type: ignore[assignment]  # set below
+        try:
+            self._setup(stream, cfg, task, sig, profile, cache_dir)
+        except BaseException:
+            if self.publisher is not None:
+                self.state = RuntimeState.STOPPING
+                self._publish_status(self._clock())
+                if self._owns_publisher:
+                    self.publisher.close()
+            if self.source is not None and self.source is not stream:
+                self.source.close()
+            raise
+        self._max_gap_s = cfg.max_gap_ms * 1e-3
+        self._poll_s = cfg.poll_ms * 1e-3
+        n_records = cfg.timing_records
+        self._timings = np.zeros((n_records, len(STAGES)))
+        self._latencies = np.zeros(n_records)
+        self._pending = np.zeros(3)  # pull, preprocess, ring since the last decode
+        self.last_decode: DecodeMessage | None = None
+        self._segment_start = 0
+        self._last_end = 0
+        self._last_stamp = math.nan
+        self._started_s = math.nan
+        self.plugins.open(
+            PluginContext(
+                self.model_id,
+                self.subject_id,
+                tuple(self.labels),
+                tuple(self.gate_names),
+                self.sfreq,
+                self.hop / self.sfreq,
+            )
+        )
+
+    def _setup(self, stream, cfg: RuntimeConfig, task, sig, profile, cache_dir) -> None:
+        """Open (or wait for) the source, then everything that depends on its channels."""
+        if isinstance(stream, LslSource):
+            self.source = stream
+        else:
+            if isinstance(stream, Mapping):
+                query = dict(stream)
+                attempt_s = float(query.pop("timeout_s", cfg.resolve_timeout_s))
+                stream = self._await_stream(query, attempt_s)
+            self.source = LslSource(
+                stream,
+                max_buflen_s=cfg.max_buflen_s,
+                stall_timeout_ms=cfg.stall_timeout_ms,
+                rate_tolerance=cfg.rate_tolerance,
+            )
+        if profile is not None:  # refuses another base model or montage
+            self.loaded = apply_profile(self.loaded, profile, self.source.channel_names)
+            task = self.loaded.task
+            sha = str(self.loaded.checkpoint.meta.get("weights_sha256", ""))[:12]
+            self.model_id = f"{task.name}-{sha}" if sha else task.name
         index = map_channels(self.source.channel_names, task.ch_names, cfg.fill)
         self.filled_channels = [name for name, i in zip(task.ch_names, index, strict=True) if i < 0]
         alignment = profile.alignment if profile is not None else None
@@ -248,46 +355,51 @@ class Runtime:
         )
         self.labels = list(task.labels)
         self.gate_names = [f"expert_{k}" for k in range(self.engine.n_experts)]
+        if self.publisher is None:
+            self.publisher = self._make_publisher()
 
-        self._owns_publisher = publisher is None
-        self.publisher = publisher or ZmqPublisher(
+    def _make_publisher(self) -> ZmqPublisher:
+        cfg = self.cfg
+        return ZmqPublisher(
             cfg.zmq_address, allow_remote=cfg.allow_remote, single_frame=cfg.single_frame
         )
-        from pylsl import local_clock
 
-        self._clock = local_clock  # LSL time: the one time base of every message
-        self._heartbeat = Heartbeat(cfg.status_period_s)
-        self._stop = threading.Event()
-        self._max_gap_s = cfg.max_gap_ms * 1e-3
-        self._poll_s = cfg.poll_ms * 1e-3
-        n_records = cfg.timing_records
-        self._timings = np.zeros((n_records, len(STAGES)))
-        self._latencies = np.zeros(n_records)
-        self._pending = np.zeros(3)  # pull, preprocess, ring since the last decode
-        self.decodes = self.skipped_windows = self.status_seq = 0
-        self.nonfinite_outputs = 0
-        self.state = RuntimeState.WAITING
-        self.last_decode: DecodeMessage | None = None
-        self._segment_start = 0
-        self._last_end = 0
-        self._last_stamp = math.nan
-        self._beat_latency = [0.0, 0.0, 0]  # sum, max, count since the last status
-        self._started_s = math.nan
-        self.plugins.open(
-            PluginContext(
-                self.model_id,
-                subject_id,
-                tuple(self.labels),
-                tuple(self.gate_names),
-                self.sfreq,
-                self.hop / self.sfreq,
-            )
-        )
+    def _await_stream(self, query: dict[str, Any], attempt_s: float) -> pylsl.StreamInfo:
+        """State ``WAITING`` until exactly one stream matches (``cfg.wait_s`` at most).
+
+        After a first look-up found nothing, the publisher is bound and a status is
+        published every period while the look-ups go on in the background.
+        """
+        search = StreamSearch(**query, attempt_s=attempt_s)
+        wait_s = self.cfg.wait_s
+        start = self._clock()
+        while True:
+            info = search.poll()  # several matches: LslError at once
+            if info is not None:
+                return info
+            now = self._clock()
+            if search.attempts:
+                if wait_s is not None and now - start >= wait_s:
+                    import pylsl
+
+                    visible = pylsl.resolve_streams(wait_time=min(attempt_s, 1.0))
+                    listing = "".join(f"\n  {describe_stream(i)}" for i in visible) or " none"
+                    raise LslError(
+                        f"no LSL stream matches {search.query} within wait_s={wait_s:g} s "
+                        f"({search.attempts} look-ups). Streams visible now:{listing}\nStart "
+                        "the amplifier's LSL app, check the spelling, or raise --wait-s "
+                        "(omit it to wait until the stream appears)."
+                    )
+                if self.publisher is None:
+                    self.publisher = self._make_publisher()
+                if self._heartbeat.due(now):
+                    self._publish_status(now)
+            time.sleep(0.02)
 
     # -- public API ----------------------------------------------------------------------
 
     def run(self, duration_s: float | None = None, console: bool = False) -> RunSummary:
-        """Decode until `stop`, Ctrl-C/SIGTERM or ``duration_s`` seconds; then clean up.
+        """Decode until `stop`, Ctrl-C/SIGTERM/SIGHUP or ``duration_s`` s; then clean up.
 
         Returns the run's summary; the source and an owned publisher are closed (a last
         ``STOPPING`` status is published first).
@@ -320,7 +432,13 @@ class Runtime:
         self._stop.set()
 
     def close(self) -> None:
-        """Close the plugins, the source and, if the runtime created it, the publisher."""
+        """Close the plugins, the source and, if the runtime created it, the publisher.
+
+        Idempotent: a second call does nothing.
+        """
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.plugins.close()
         self.source.close()
         if self._owns_publisher:
@@ -337,10 +455,19 @@ class Runtime:
         self._pending[0] += (time.perf_counter() - t0) * 1e3
         if stamps.size:
             self._ingest(data, stamps)
+            lag = self._clock() - self.source.last_timestamp
+            if lag < self._lag_now:
+                self._lag_now = lag
         self._update_state()
         end = self.ring.n_pushed - self.ring.n_pushed % self.hop
         first_end = self._first_valid_end()
         if end <= self._last_end or end < first_end:
+            return False
+        if self.state is RuntimeState.ERROR or not self.source.identity_ok:
+            # Never decode the wrong stream, an unconfirmed one or at the wrong rate.
+            oldest_due = max(first_end, self._last_end + self.hop)
+            self.refused_windows += max(1, (end - oldest_due) // self.hop + 1)
+            self._last_end = end
             return False
         if self.decodes:  # the start-up backlog (liblsl's first clock sync) is no overload
             oldest_due = max(first_end, self._last_end + self.hop)
@@ -376,6 +503,9 @@ class Runtime:
             duration_s=self._clock() - self._started_s,
             nonfinite_outputs=self.nonfinite_outputs,
             sfreq_mismatch=src.sfreq_mismatch,
+            stale_windows=self.stale_windows,
+            refused_windows=self.refused_windows,
+            reconnects=src.n_reconnects,
         )
 
     def console_line(self) -> str:
@@ -393,6 +523,12 @@ class Runtime:
         mismatch = self.source.sfreq_mismatch
         if mismatch is not None:
             extra += f" RATE {mismatch:.2f} Hz != declared {self.source.sfreq:g} Hz"
+        if self.state is RuntimeState.ERROR and self.error is StatusError.STREAM_MISMATCH:
+            extra += " WRONG STREAM (see status error_detail)"
+        if self.stale_windows:
+            extra += f" stale {self.stale_windows}"
+        if self.refused_windows:
+            extra += f" refused {self.refused_windows}"
         return (
             f"{self.state.value:8s} {rate:6.1f} Hz in | decodes {self.decodes} skipped "
             f"{self.skipped_windows} gaps {self.source.n_gaps} | {decode}{extra}"
@@ -432,7 +568,17 @@ class Runtime:
         earliest = self._segment_start + self.n_times
         return -(-earliest // self.hop) * self.hop
 
+    def _stale(self, age_s: float) -> bool:
+        """Whether a window whose newest sample is ``age_s`` old must not be published."""
+        jitter_ms = self.source.timestamp_jitter_ms
+        ahead_s = max(0.01, 3e-3 * jitter_ms) if math.isfinite(jitter_ms) else 0.01
+        return not -ahead_s <= age_s <= self.cfg.max_age_s
+
     def _decode(self, end: int) -> bool:
+        if self._stale(self._clock() - float(self._stamps[(end - 1) % self.capacity])):
+            self.stale_windows += 1  # a backlog after a stall, a clock that jumped ahead
+            self._last_end = end
+            return False
         t0 = time.perf_counter()
         psd = self.welch.update(self.ring, end)
         self._x[0].copy_(self.welch.window(self.ring))
@@ -450,6 +596,10 @@ class Runtime:
             return False
         compute_ms = (t2 - t0) * 1e3
         published = self._clock()
+        if self._stale(published - last):
+            self.stale_windows += 1
+            self._last_end = end
+            return False
         msg = DecodeMessage(
             seq=self.decodes,
             model_id=self.model_id,
@@ -486,13 +636,54 @@ class Runtime:
         return True
 
     def _update_state(self) -> None:
-        # The source's watchdog states are runtime states of the same names.
-        self.state = RuntimeState(self.source.status)
+        src = self.source
+        error = detail = None
+        if src.lost:  # a stream without source_id: being looked for again
+            state = RuntimeState.STALLED
+        elif src.identity_error is not None:
+            state, error, detail = RuntimeState.ERROR, StatusError.STREAM_MISMATCH, None
+        else:
+            status = src.status
+            if status is not SourceStatus.RUNNING:
+                state = RuntimeState(status)  # WAITING, STALLED: the same names, one mapping
+            elif self._rate_off(src):
+                state, error = RuntimeState.ERROR, StatusError.RATE_MISMATCH
+            elif min(self._lag_now, self._lag_prev) > self._lag_budget_s:
+                state = RuntimeState.LAGGING
+            else:
+                state = RuntimeState.RUNNING
+        if error is not self.error or state is not self.state:
+            detail = self._error_detail(error)
+            self.error_detail = detail
+        self.state, self.error = state, error
+
+    def _rate_off(self, src: LslSource) -> bool:
+        """The sender's clock rate departs from the declared one beyond ``rate_tolerance``."""
+        rate = src.clock_sfreq
+        return math.isfinite(rate) and abs(rate / src.sfreq - 1.0) > self.cfg.rate_tolerance
+
+    def _error_detail(self, error: StatusError | None) -> str | None:
+        src = self.source
+        if error is StatusError.STREAM_MISMATCH:
+            return src.identity_error
+        if error is StatusError.RATE_MISMATCH:
+            return (
+                f"the stream declares {src.sfreq:g} Hz but its timestamps run at "
+                f"{src.clock_sfreq:.2f} Hz (beyond rate_tolerance={self.cfg.rate_tolerance:g});"
+                " windows would span the wrong time, so nothing is decoded until the rate is "
+                "right: fix the amplifier app's sample rate or its declared (nominal) rate"
+            )
+        return None
 
     def _publish_status(self, now: float) -> None:
         src = self.source
-        rate = src.effective_sfreq
+
+        def known(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        lag = self._lag_now
         total, peak, count = self._beat_latency
+        pre = self.preprocessor
         self.publisher.publish(
             StatusMessage(
                 seq=self.status_seq,
@@ -500,24 +691,35 @@ class Runtime:
                 model_id=self.model_id,
                 subject_id=self.subject_id,
                 sfreq=self.sfreq,
-                sfreq_effective=None if math.isnan(rate) else rate,
-                samples_received=src.n_samples,
-                dropped_samples=src.n_missing,
-                gaps=src.n_gaps,
+                sfreq_effective=known(src.effective_sfreq) if src else None,
+                samples_received=src.n_samples if src else 0,
+                dropped_samples=src.n_missing if src else 0,
+                gaps=src.n_gaps if src else 0,
                 skipped_windows=self.skipped_windows,
                 decodes=self.decodes,
                 publish_drops=self.publisher.dropped,
-                uptime_s=max(0.0, now - self._started_s),
+                uptime_s=max(0.0, now - self._started_s) if math.isfinite(self._started_s) else 0,
                 published_lsl_s=now,
-                last_sample_lsl_s=None if math.isnan(src.last_timestamp) else src.last_timestamp,
+                last_sample_lsl_s=known(src.last_timestamp) if src else None,
                 latency_ms_mean=total / count if count else None,
                 latency_ms_max=peak if count else None,
                 disabled_plugins=self.plugins.disabled,
-                nonfinite_values=self.preprocessor.n_nonfinite,
+                nonfinite_values=pre.n_nonfinite if pre else 0,
                 filled_channels=self.filled_channels,
+                sfreq_declared=src.sfreq if src else None,
+                sfreq_clock=known(src.clock_sfreq) if src else None,
+                timestamp_jitter_ms=known(src.timestamp_jitter_ms) if src else None,
+                continuity_resets=pre.n_resets if pre else 0,
+                lag_ms=lag * 1e3 if math.isfinite(lag) else None,
+                stale_windows=self.stale_windows,
+                refused_windows=self.refused_windows,
+                error=self.error,
+                error_detail=self.error_detail,
             )
         )
         self._beat_latency = [0.0, 0.0, 0]
+        self._lag_prev = lag if math.isfinite(lag) else -math.inf
+        self._lag_now = math.inf
         self.status_seq += 1
 
     def _print_console(self) -> None:
@@ -532,7 +734,10 @@ class Runtime:
     def _install_signal_handlers(self):
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        signals = [signal.SIGINT, signal.SIGTERM]
+        if hasattr(signal, "SIGHUP"):  # a closed terminal: stop cleanly, not die
+            signals.append(signal.SIGHUP)
+        previous = {sig: signal.getsignal(sig) for sig in signals}
         for sig in previous:
             signal.signal(sig, lambda *_: self.stop())
 

@@ -22,16 +22,29 @@ are kept (`timestamp_jitter_ms`, `clock_sfreq`, `sfreq_mismatch`).
 
 Recovery: liblsl inlets created with ``recover=True`` re-resolve a lost outlet by its
 source_id and reconnect on their own (verified in tests/test_lsl_source.py: a new outlet
-with the same source_id feeds the same ``LslSource`` after ~1-2 s); a stream without a
-source_id cannot be recovered, and losing it raises ``LslError``.
+with the same source_id feeds the same ``LslSource`` after ~1-2 s). liblsl checks only the
+source_id and the channel count when it reconnects, and keeps the stream description it
+read first, so the source checks the *identity* itself (`StreamIdentity`: nominal rate,
+channel count, channel names, as opened): after every stall, and every
+``probe_period_s`` while stalled or lost, a background thread resolves the stream again
+(by source_id, else by name and type) and reads each match's full description. Samples
+that arrive after a stall are passed on but `identity_ok` is False until that look-up
+confirms the stream; a stream that came back different sets `identity_error` (a message
+naming what differs) and its samples are discarded, never returned, until the right one
+is back. A lost stream without a source_id (liblsl cannot recover those) is not an error
+either: the source is `lost`, and the look-up reconnects it when exactly one stream with
+the opened identity is visible again.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import threading
+import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -76,6 +89,173 @@ def describe_stream(info: pylsl.StreamInfo) -> str:
     )
 
 
+@dataclass(frozen=True)
+class StreamIdentity:
+    """What must stay the same for a stream to be "the stream the runtime opened".
+
+    Attributes
+    ----------
+    sfreq : float
+        Nominal sampling rate, Hz.
+    n_chans : int
+        Channels per sample.
+    channel_names : tuple of str
+        Channel labels (``ch1``, ``ch2`` … where the description has none).
+    """
+
+    sfreq: float
+    n_chans: int
+    channel_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, info: pylsl.StreamInfo) -> StreamIdentity:
+        """The identity of a *full* stream description (``inlet.info()``)."""
+        n = info.channel_count()
+        labels = info.get_channel_labels() or [None] * n
+        names = tuple(label or f"ch{i + 1}" for i, label in enumerate(labels))
+        return cls(float(info.nominal_srate()), n, names)
+
+    def differences(self, other: StreamIdentity) -> list[str]:
+        """What ``other`` has that ``self`` does not, one phrase per property."""
+        out = []
+        if other.sfreq != self.sfreq:
+            out.append(f"rate {other.sfreq:g} Hz (opened at {self.sfreq:g} Hz)")
+        if other.n_chans != self.n_chans:
+            out.append(f"{other.n_chans} channels (opened with {self.n_chans})")
+        elif other.channel_names != self.channel_names:
+            changed = [
+                f"{a}->{b}"
+                for a, b in zip(self.channel_names, other.channel_names, strict=True)
+                if a != b
+            ]
+            out.append(f"channel names changed ({', '.join(changed[:4])})")
+        return out
+
+
+def stream_query(
+    name: str | None = None, type: str | None = None, source_id: str | None = None
+) -> str:
+    """The XPath predicate matching every given property (at least one is required)."""
+    props = {"name": name, "type": type, "source_id": source_id}
+    given = {prop: value for prop, value in props.items() if value is not None}
+    if not given:
+        raise LslError("resolve_stream needs at least one of name, type or source_id")
+    return " and ".join(_xpath_literal(prop, value) for prop, value in given.items())
+
+
+def ambiguity_error(query: str, found: list, given: Mapping[str, object]) -> LslError:
+    """The error for several streams matching ``query`` (lists them, says how to pick)."""
+    listing = "".join(f"\n  {describe_stream(info)}" for info in found)
+    differing = [
+        prop
+        for prop in ("source_id", "name", "type", "hostname")
+        if given.get(prop) is None and len({getattr(info, prop)() for info in found}) > 1
+    ]
+    hint = (
+        f"add {differing[0]}=... to pick one"
+        if differing
+        else "the matches look identical: give the outlets distinct source_ids"
+    )
+    return LslError(f"{len(found)} LSL streams match {query}:{listing}\n{hint}.")
+
+
+class StreamSearch:
+    """Looks for a stream in a background thread, again and again, never blocking the caller.
+
+    Parameters
+    ----------
+    name, type, source_id : str, optional
+        Stream properties to match exactly; at least one is required.
+    attempt_s : float
+        How long one look-up listens for answers (a second answer makes it ambiguous).
+
+    `poll` returns None while nothing is found, the one matching ``StreamInfo`` once found,
+    and raises `LslError` when several streams match.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        type: str | None = None,
+        source_id: str | None = None,
+        attempt_s: float = 1.0,
+    ) -> None:
+        self._pylsl = _import_pylsl()
+        self.query = stream_query(name, type, source_id)
+        self._given = {"name": name, "type": type, "source_id": source_id}
+        self.attempt_s = float(attempt_s)
+        self.attempts = 0
+        self._found: list | None = None
+        self._thread: threading.Thread | None = None
+        self._start()
+
+    def _start(self) -> None:
+        self._found = None
+        self._thread = threading.Thread(target=self._run, name="rtmoe-lsl-search", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._found = list(self._pylsl.resolve_bypred(self.query, 2, self.attempt_s))
+        except Exception:  # a failed look-up is one that found nothing
+            self._found = []
+
+    def poll(self) -> pylsl.StreamInfo | None:
+        """The stream once exactly one matches; None meanwhile (a new look-up is started)."""
+        if self._thread is not None and self._thread.is_alive():
+            return None
+        found = self._found or []
+        self.attempts += 1
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise ambiguity_error(self.query, found, self._given)
+        self._start()
+        return None
+
+
+class _Probe:
+    """One background look-up of a stream's current identity (and, to reconnect, an inlet).
+
+    ``result`` is None while running, then a list of ``(StreamIdentity, inlet or None)``,
+    one per stream matching ``query``; an inlet is opened only for a match of ``wanted``
+    when ``open_inlet`` is set (the caller then owns it).
+    """
+
+    def __init__(self, pylsl, query, wanted, open_inlet, max_buflen_s, timeout_s) -> None:
+        self.result: list | None = None
+        self._args = (pylsl, query, wanted, open_inlet, max_buflen_s, timeout_s)
+        self._thread = threading.Thread(target=self._run, name="rtmoe-lsl-probe", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        pylsl, query, wanted, open_inlet, max_buflen_s, timeout_s = self._args
+        out = []
+        try:
+            for info in pylsl.resolve_bypred(query, 1, timeout_s)[:4]:
+                inlet = pylsl.StreamInlet(
+                    info,
+                    max_buflen=int(max_buflen_s),
+                    recover=True,
+                    processing_flags=pylsl.proc_clocksync,
+                )
+                identity = StreamIdentity.of(inlet.info(timeout=timeout_s))
+                if open_inlet and identity == wanted:
+                    inlet.open_stream(timeout=timeout_s)
+                    inlet.time_correction(timeout=timeout_s)
+                    out.append((identity, inlet))
+                else:
+                    out.append((identity, None))
+                    del inlet
+        except Exception:  # an outlet vanishing mid-look-up: what was read so far counts
+            pass
+        self.result = out
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+
 def _xpath_literal(prop: str, value: str) -> str:
     # XPath 1.0 has no escapes: quote with whichever quote the value does not contain.
     if "'" not in value:
@@ -116,11 +296,7 @@ def resolve_stream(
         to disambiguate.
     """
     pylsl = _import_pylsl()
-    props = {"name": name, "type": type, "source_id": source_id}
-    given = {prop: value for prop, value in props.items() if value is not None}
-    if not given:
-        raise LslError("resolve_stream needs at least one of name, type or source_id")
-    query = " and ".join(_xpath_literal(prop, value) for prop, value in given.items())
+    query = stream_query(name, type, source_id)
     found = pylsl.resolve_bypred(query, 2, timeout_s)
     if len(found) == 1:
         return found[0]
@@ -132,18 +308,7 @@ def resolve_stream(
             f"now:{listing}\nCheck the spelling, that the amplifier software is streaming "
             "on this network, or raise timeout_s."
         )
-    listing = "".join(f"\n  {describe_stream(info)}" for info in found)
-    differing = [
-        prop
-        for prop in ("source_id", "name", "type", "hostname")
-        if prop not in given and len({getattr(info, prop)() for info in found}) > 1
-    ]
-    hint = (
-        f"add {differing[0]}=... to pick one"
-        if differing
-        else "the matches look identical: give the outlets distinct source_ids"
-    )
-    raise LslError(f"{len(found)} LSL streams match {query}:{listing}\n{hint}.")
+    raise ambiguity_error(query, found, {"name": name, "type": type, "source_id": source_id})
 
 
 class LslSource:
@@ -171,6 +336,11 @@ class LslSource:
         Span of recent samples the effective sample rate is estimated over.
     open_timeout_s : float
         How long to wait for the outlet when opening the inlet.
+    rate_tolerance : float
+        Relative departure of the sender's clock rate from the nominal one reported by
+        `sfreq_mismatch` (default 0.5 %).
+    probe_period_s : float
+        While stalled, lost, unconfirmed or wrong: seconds between identity look-ups.
 
     Attributes
     ----------
@@ -198,6 +368,18 @@ class LslSource:
         The timestamp model (None with ``dejitter=False``).
     last_raw_timestamp : float
         The newest sample's stamp as received, before modelling (NaN before the first).
+    identity : StreamIdentity
+        Rate, channel count and names as opened; a stream that comes back must match.
+    identity_error : str or None
+        Why the stream seen now is not the one opened (what differs, and what to do);
+        its samples are discarded meanwhile.
+    lost : bool
+        The inlet was lost for good (a stream without source_id); `pull` returns nothing
+        until a look-up finds the stream again and reconnects.
+    n_reconnects : int
+        Lost streams found again and reconnected.
+    n_discarded : int
+        Samples discarded because they came from a stream with another identity.
     """
 
     def __init__(
@@ -211,6 +393,8 @@ class LslSource:
         rate_window_s: float = 10.0,
         open_timeout_s: float = 5.0,
         dejitter: bool = True,
+        rate_tolerance: float = 5e-3,
+        probe_period_s: float = 1.0,
     ) -> None:
         pylsl = _import_pylsl()
         info = resolve_stream(**stream) if isinstance(stream, Mapping) else stream
@@ -228,9 +412,18 @@ class LslSource:
         if not self.source_id:
             warnings.warn(
                 f"stream {describe_stream(info)} has no source_id: LSL cannot reconnect "
-                "if its outlet restarts; set a source_id in the amplifier's LSL app",
+                "if its outlet restarts (rtmoe looks for it again by name and type); set a "
+                "source_id in the amplifier's LSL app",
                 stacklevel=2,
             )
+        self._query = (
+            stream_query(source_id=self.source_id)
+            if self.source_id
+            else stream_query(name=info.name(), type=info.type() or None)
+        )
+        self._pylsl = pylsl
+        self._max_buflen_s = int(max_buflen_s)
+        self._open_timeout_s = float(open_timeout_s)
         self._inlet = pylsl.StreamInlet(
             info,
             max_buflen=int(max_buflen_s),
@@ -249,10 +442,19 @@ class LslSource:
                 f"could not open stream {describe_stream(info)} within "
                 f"open_timeout_s={open_timeout_s}: {err}; is the outlet still running?"
             ) from err
-        self.n_chans = full.channel_count()
-        labels = full.get_channel_labels() or [None] * self.n_chans
-        self.channel_names = [label or f"ch{i + 1}" for i, label in enumerate(labels)]
+        self.identity = StreamIdentity.of(full)
+        self.n_chans = self.identity.n_chans
+        self.channel_names = list(self.identity.channel_names)
         self.info = full
+        self.identity_error: str | None = None
+        self.lost = False
+        self.n_reconnects = 0
+        self.n_discarded = 0
+        self._confirmed = True  # False from a stall's end until a look-up confirms
+        self._inconclusive = 0
+        self._probe: _Probe | None = None
+        self._next_probe = -math.inf
+        self.probe_period_s = float(probe_period_s)
         self._local_clock = pylsl.local_clock
         self._lost_error = pylsl.util.LostError
 
@@ -278,6 +480,7 @@ class LslSource:
                 self.sfreq,
                 window_s=self.rate_window_s,
                 gap_floor_periods=max(0.0, gap_threshold_periods - 1.0),
+                rate_tolerance=rate_tolerance,
             )
             if dejitter
             else None
@@ -309,6 +512,11 @@ class LslSource:
         Both are views of buffers the next pull overwrites: consume (push to the ring)
         before pulling again.
         """
+        self._service()
+        if self.lost:
+            if timeout_s > 0:
+                time.sleep(timeout_s)
+            return self._data[:, :0], self._timestamps[:0]
         n = 0
         try:
             if timeout_s > 0 and not self._inlet.samples_available():
@@ -331,12 +539,22 @@ class LslSource:
                     break
                 self._timestamps[n : n + len(stamps)] = stamps
                 n += len(stamps)
-        except self._lost_error as err:
-            raise LslError(
-                f"LSL stream source_id={self.source_id!r} was lost and cannot be recovered "
-                "(it has no source_id); restart with a stream that sets one"
-            ) from err
+        except self._lost_error:
+            # Only streams without a source_id are lost for good; look for it by name/type.
+            self.lost = True
+            self._next_probe = -math.inf
+            return self._data[:, :0], self._timestamps[:0]
         data, timestamps = self._data[:, :n], self._timestamps[:n]
+        if n and self._after_silence():
+            # A stall ended: liblsl may have reconnected to another outlet with the same
+            # source_id; confirm its identity before these samples are trusted.
+            self._confirmed = False
+            self._next_probe = -math.inf
+            self._service()
+        if n and self.identity_error is not None:
+            self._last_arrival = self._local_clock()
+            self.n_discarded += n
+            return self._data[:, :0], self._timestamps[:0]
         if n:
             np.copyto(data, self._raw[:n].T)
             self.last_raw_timestamp = float(timestamps[-1])
@@ -344,6 +562,78 @@ class LslSource:
                 self.clock.update(timestamps, timestamps)  # in place, no allocation
             self._track(timestamps)
         return data, timestamps
+
+    @property
+    def identity_ok(self) -> bool:
+        """Whether the samples come from the stream opened (confirmed since the last stall)."""
+        return self._confirmed and self.identity_error is None and not self.lost
+
+    def _after_silence(self) -> bool:
+        last = self._last_arrival
+        return last is not None and (self._local_clock() - last) * 1e3 > self.stall_timeout_ms
+
+    def _service(self) -> None:
+        """Take a finished look-up's result; start the next one where one is needed."""
+        probe = self._probe
+        if probe is not None:
+            if not probe.done:
+                return
+            self._probe = None
+            self._take(probe.result)
+        needed = (
+            self.lost
+            or not self._confirmed
+            or self.identity_error is not None
+            or self.status is SourceStatus.STALLED
+        )
+        now = self._local_clock()
+        if needed and now >= self._next_probe:
+            self._next_probe = now + self.probe_period_s
+            self._probe = _Probe(
+                self._pylsl,
+                self._query,
+                self.identity,
+                self.lost,
+                self._max_buflen_s,
+                self._open_timeout_s,
+            )
+
+    def _take(self, found: list) -> None:
+        matching = [inlet for identity, inlet in found if identity == self.identity]
+        others = [identity for identity, _ in found if identity != self.identity]
+        if self.lost:
+            inlets = [inlet for inlet in matching if inlet is not None]
+            if len(inlets) == 1:
+                self._inlet = inlets[0]
+                if self._inlet.np_dtype != self._raw.dtype:
+                    self._raw = np.empty(self._raw.shape, dtype=self._inlet.np_dtype)
+                self.lost = False
+                self.n_reconnects += 1
+                self.identity_error = None
+                self._confirmed = True
+                return
+            for inlet in inlets:  # several equal streams: none is picked
+                inlet.close_stream()
+        if matching:
+            self.identity_error = None
+            if not self.lost:
+                self._confirmed = True
+            self._inconclusive = 0
+        elif others:
+            what = "; ".join(self.identity.differences(others[0]))
+            self.identity_error = (
+                f"the LSL stream matching {self._query} came back with {what}; rtmoe keeps "
+                "decoding only the stream it opened and waits for it (restart the amplifier "
+                "app with the original settings, or restart rtmoe for the new stream)"
+            )
+        else:  # nothing visible: no wrong stream to report; liblsl only reconnects to a
+            # stream with this source_id and channel count, so after a few empty
+            # look-ups the samples are trusted
+            self.identity_error = None
+            self._inconclusive += 1
+            if self._inconclusive >= 3 and not self.lost:
+                self._confirmed = True
+                self._inconclusive = 0
 
     def _track(self, timestamps: np.ndarray) -> None:
         now = self._local_clock()
@@ -412,7 +702,15 @@ class LslSource:
 
     def close(self) -> None:
         """Unsubscribe from the outlet; the source cannot be pulled afterwards."""
-        self._inlet.close_stream()
+        try:
+            self._inlet.close_stream()
+        except Exception:  # a lost inlet: nothing left to unsubscribe from
+            pass
+        probe, self._probe = self._probe, None
+        if probe is not None and probe.done:
+            for _, inlet in probe.result:
+                if inlet is not None:
+                    inlet.close_stream()
 
     def __enter__(self) -> LslSource:
         return self

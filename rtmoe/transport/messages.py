@@ -26,8 +26,9 @@ from typing import Any
 from rtmoe import __version__
 
 #: "MAJOR.MINOR". A major bump is breaking (a field removed, renamed, retyped or given a
-#: new meaning); a minor bump only adds fields, which readers must ignore if unknown.
-SCHEMA_VERSION = "1.1"
+#: new meaning); a minor bump only adds fields (and states), which readers must ignore if
+#: unknown (an unknown state means "not decoding").
+SCHEMA_VERSION = "1.2"
 SCHEMA_MAJOR = int(SCHEMA_VERSION.split(".")[0])
 
 TOPIC_DECODE = b"rtmoe.decode"
@@ -46,7 +47,16 @@ class RuntimeState(StrEnum):
     WAITING = "WAITING"  # no sample received yet (stream not found or not started)
     RUNNING = "RUNNING"  # samples arrive and windows are decoded
     STALLED = "STALLED"  # samples stopped for longer than the watchdog timeout
+    LAGGING = "LAGGING"  # samples arrive later than the lag budget (schema 1.2)
+    ERROR = "ERROR"  # the stream is not decodable as opened; ``error`` says why (1.2)
     STOPPING = "STOPPING"  # last status before the publisher closes
+
+
+class StatusError(StrEnum):
+    """Why the state is ``ERROR`` (``StatusMessage.error``, schema 1.2)."""
+
+    RATE_MISMATCH = "rate_mismatch"  # the sender's clock runs at another rate than declared
+    STREAM_MISMATCH = "stream_mismatch"  # the stream came back with another rate/channels
 
 
 @dataclass(frozen=True)
@@ -153,7 +163,7 @@ class StatusMessage:
     seq : int
         Status counter, 0 for the first heartbeat, +1 per heartbeat.
     state : RuntimeState or str
-        ``WAITING``, ``RUNNING``, ``STALLED`` or ``STOPPING``.
+        ``WAITING``, ``RUNNING``, ``STALLED``, ``LAGGING``, ``ERROR`` or ``STOPPING``.
     model_id, subject_id : str, str or None
         As in :class:`DecodeMessage`.
     sfreq : float
@@ -193,6 +203,28 @@ class StatusMessage:
     filled_channels : sequence of str
         Model channels missing from the stream and fed with zeros (``--fill zeros``,
         schema 1.1).
+    sfreq_declared : float or None
+        The stream's declared (nominal) rate, Hz; ``None`` before it is found (1.2).
+    sfreq_clock : float or None
+        The sender's rate as its timestamps show it (the clock model's fit), Hz; the rate
+        checked against ``sfreq_declared``; ``None`` until measured (1.2).
+    timestamp_jitter_ms : float or None
+        RMS of the raw timestamps around the clock model, ms (1.2).
+    continuity_resets : int
+        Times the signal's continuity was restarted (gaps, jumps, stalls) (1.2).
+    lag_ms : float or None
+        Smallest age of the newest sample when it was read, over the last heartbeat
+        period, ms; ``None`` without samples in the period (1.2).
+    stale_windows : int
+        Windows not published because their data was older than the maximum age or
+        their latency was negative (1.2).
+    refused_windows : int
+        Windows not decoded because the stream was not the one opened, not yet
+        confirmed after a stall, or at the wrong rate (1.2).
+    error : StatusError, str or None
+        Why the state is ``ERROR`` (``rate_mismatch``, ``stream_mismatch``); else None (1.2).
+    error_detail : str or None
+        A sentence naming what is wrong and what to do (1.2).
     """
 
     seq: int
@@ -216,8 +248,26 @@ class StatusMessage:
     disabled_plugins: Sequence[str] = ()
     nonfinite_values: int = 0
     filled_channels: Sequence[str] = ()
+    sfreq_declared: float | None = None
+    sfreq_clock: float | None = None
+    timestamp_jitter_ms: float | None = None
+    continuity_resets: int = 0
+    lag_ms: float | None = None
+    stale_windows: int = 0
+    refused_windows: int = 0
+    error: StatusError | str | None = None
+    error_detail: str | None = None
 
     def __post_init__(self) -> None:
+        if self.error is not None:
+            try:
+                object.__setattr__(self, "error", StatusError(self.error))
+            except ValueError:
+                raise ProtocolError(
+                    f"StatusMessage.error={self.error!r} is not an error; use one of "
+                    f"{[e.value for e in StatusError]} or None"
+                ) from None
+        _set_counts(self, "continuity_resets", "stale_windows", "refused_windows")
         try:
             object.__setattr__(self, "state", RuntimeState(self.state))
         except ValueError:
@@ -239,6 +289,10 @@ class StatusMessage:
             "last_sample_lsl_s",
             "latency_ms_mean",
             "latency_ms_max",
+            "sfreq_declared",
+            "sfreq_clock",
+            "timestamp_jitter_ms",
+            "lag_ms",
             nullable=True,
         )
 
@@ -274,6 +328,7 @@ def to_dict(msg: Message) -> dict[str, Any]:
         data: dict[str, Any] = {"type": "status", "schema_version": SCHEMA_VERSION}
         data.update((f.name, getattr(msg, f.name)) for f in fields(StatusMessage))
         data["state"] = msg.state.value
+        data["error"] = None if msg.error is None else msg.error.value
         return data
     raise ProtocolError(f"msg is a {type(msg).__name__}; pass a DecodeMessage or a StatusMessage")
 
@@ -487,11 +542,26 @@ _FIELD_TYPES: dict[type, dict[str, Any]] = {
         "disabled_plugins": _list_of(_is_str),
         "nonfinite_values": _is_int,
         "filled_channels": _list_of(_is_str),
+        "sfreq_declared": _nullable(_is_number),
+        "sfreq_clock": _nullable(_is_number),
+        "timestamp_jitter_ms": _nullable(_is_number),
+        "continuity_resets": _is_int,
+        "lag_ms": _nullable(_is_number),
+        "stale_windows": _is_int,
+        "refused_windows": _is_int,
+        "error": _nullable(_is_str),
+        "error_detail": _nullable(_is_str),
     },
 }
 # Every 1.0 field is required; fields added by a later 1.x are optional when reading (a
 # 1.0 publisher does not send them) and always written.
-_OPTIONAL = frozenset({"extras", "disabled_plugins", "nonfinite_values", "filled_channels"})
+_OPTIONAL = frozenset(
+    {
+        *("extras", "disabled_plugins", "nonfinite_values", "filled_channels"),  # 1.1
+        *("sfreq_declared", "sfreq_clock", "timestamp_jitter_ms", "continuity_resets"),  # 1.2
+        *("lag_ms", "stale_windows", "refused_windows", "error", "error_detail"),  # 1.2
+    }
+)
 _TOPICS = {TOPIC_DECODE: DecodeMessage, TOPIC_STATUS: StatusMessage}
 _TOPIC_OF = {cls: topic for topic, cls in _TOPICS.items()}
 _TYPES = {"decode": DecodeMessage, "status": StatusMessage}
