@@ -134,7 +134,10 @@ SelfRegulationSCP1 (BCI Competition II, data set Ia; one healthy subject): 3.5 s
 to 200 Hz (window {meta["task"]["n_times"]} samples), classes
 {" / ".join(meta["task"]["labels"])} (output order). Preprocessing: low-pass 75 Hz,
 notch 50 Hz, **no high-pass** (the classes live below 1 Hz), amplitude in units of
-100 µV. The runtime applies the same settings from the checkpoint's `config.toml`.
+100 µV. Training, `rtmoe evaluate` and the runtime run these settings (the checkpoint's
+`config.toml`) through the one causal signal chain, `rtmoe.signal`: a window decoded live
+holds the samples a training window ending on the same sample held (content lag: the
+resampler's 50 ms group delay, docs/protocol.md).
 
 ## Data and recipe
 `python -m rtmoe.offline.recipes.default_model --out runs/default --install`
@@ -167,9 +170,9 @@ tangent space 0.553; competition winner 88.7 %. See bench/README.md for the benc
 - One subject, one session: a demonstration decoder, not a clinical or
   subject-independent model. Other users need their own calibration (fine-tuning).
 - The experts saw ~0.3 h of EEG (the paper: ~9,200 h); they are proof of the
-  pipeline, not a foundation model. At this scale pretraining does not pay: over 5
-  fine-tuning seeds, three fresh experts score 0.843 and these three 0.792
-  (bench/README.md).
+  pipeline, not a foundation model. At this scale pretraining did not pay: over 5
+  fine-tuning seeds, three fresh experts scored 0.843 and the previous three 0.792
+  (bench/README.md, measured before the single-chain refit).
 - Fixed input: exactly these 6 electrodes, {meta["task"]["n_times"]} samples at
   200 Hz, unfiltered below 1 Hz.
 - Session offsets: SCP1's test session sits 14-23 µV lower than its train session in
