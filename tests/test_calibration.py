@@ -575,7 +575,7 @@ def test_cues_in_the_first_seconds_of_a_run_are_kept(tmp_path, base_dir, capsys)
 
         def start_with_the_eeg_inlet() -> None:
             # As an experiment already running would: cues flow as soon as EEG is read.
-            if player._outlet.wait_for_consumers(30):
+            if player.wait_for_consumers(30, markers=False):
                 player.start()
 
         starter = threading.Thread(target=start_with_the_eeg_inlet, daemon=True)
