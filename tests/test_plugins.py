@@ -8,6 +8,7 @@ of pyproject.toml installed (``pip install -e .``).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import io
 import time
@@ -114,7 +115,10 @@ def test_spec_syntax():
         {"threshold": "2", "leak": "0.1"},
     )
     assert parse_spec("rtmoe.plugins.stages:Smooth") == ("rtmoe.plugins.stages:Smooth", {})
-    assert parse_spec("rtmoe.plugins.stages:Smooth:alpha=1") == ("rtmoe.plugins.stages:Smooth", {"alpha": "1"})
+    assert parse_spec("rtmoe.plugins.stages:Smooth:alpha=1") == (
+        "rtmoe.plugins.stages:Smooth",
+        {"alpha": "1"},
+    )
     with pytest.raises(PluginError, match=r"'alpha' is not key=value"):
         parse_spec("smooth:beta=1,alpha")
     with pytest.raises(PluginError, match="gives argument 'alpha' twice"):
@@ -261,17 +265,21 @@ def test_lsl_out_carries_the_zmq_decodes_and_a_failing_stage_does_not_stop_the_s
     out_name = f"{pusher.name}-decodes"
     recorder, raiser = Recorder(), RaiseOnThird()
     publisher = ZmqPublisher("tcp://127.0.0.1:0")
+    lsl_out = f"rtmoe.plugins.lsl_out:LslOut:name={out_name}"
+    # An LSL outlet is visible on the network: refused without the opt-in, before loading.
+    with pytest.raises(ValueError, match=r"LslOut.*publishes an LSL stream.*allow_remote=True"):
+        Runtime("/no/such/model", {"name": pusher.name}, _cfg(), plugins=[lsl_out])
     runtime = Runtime(
         model_dir,
         {"name": pusher.name},
-        _cfg(),
+        dataclasses.replace(_cfg(), allow_remote=True),
         publisher=publisher,
         subject_id="S01",
         plugins=[
             recorder,
             "rtmoe.plugins.stages:Smooth:alpha=0.5",
             raiser,
-            f"rtmoe.plugins.lsl_out:LslOut:name={out_name}",
+            lsl_out,
         ],
     )
     found = pylsl.resolve_byprop("name", out_name, timeout=3.0)

@@ -244,6 +244,12 @@ class Runtime:
         cfg.validate()
         self.cfg = cfg
         self.plugins = PluginRunner(plugins)  # first: a bad spec fails before any loading
+        for name, what in self.plugins.network_visible:
+            if not cfg.allow_remote:  # the same opt-in as a network ZeroMQ address
+                raise ValueError(
+                    f"plugin {name!r} publishes {what}; set allow_remote=True (rtmoe stream "
+                    "--allow-remote) to allow that, or drop the plugin"
+                )
         self.device = resolve_device(cfg.device)
         self.loaded = load_model(model, self.device)
         if self.loaded.task.regression:

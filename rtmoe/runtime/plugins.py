@@ -280,6 +280,20 @@ class PluginRunner:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def network_visible(self) -> tuple[tuple[str, str], ...]:
+        """``(name, what it shows)`` of each plugin visible from other machines.
+
+        A plugin declares that with a ``network_visible`` string attribute (e.g.
+        ``lsl-out``: an LSL outlet is discoverable on the LAN); the runtime refuses such
+        plugins unless ``allow_remote`` is set.
+        """
+        return tuple(
+            (name, what)
+            for name, plugin in self._entries
+            if isinstance(what := getattr(plugin, "network_visible", None), str) and what
+        )
+
     def open(self, context: PluginContext) -> None:
         """Call each plugin's ``open(context)``; one that raises is disabled."""
         for i, (name, plugin) in enumerate(self._entries):
