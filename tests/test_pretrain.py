@@ -12,9 +12,11 @@ import sys
 import numpy as np
 import pytest
 import rtmoe.offline.pretrain as pt
+import rtmoe.offline.pretrain.loop as pt_loop
 import torch
 from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
 from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter
+from rtmoe.offline.pretrain.data import TRAIN_STREAM, seeded_generator
 
 from rtmoe.checkpoint import LATEST_FILE, load_checkpoint
 from rtmoe.cli import main
@@ -153,7 +155,7 @@ def test_split_holdout_and_batch_plan():
 # -- training ------------------------------------------------------------------------------
 def test_model_sees_masked_input_and_is_scored_against_original(corpus_root, tmp_path, monkeypatch):
     inputs, targets = [], []
-    real_build, real_loss = pt.build_model, pt.reconstruction_loss
+    real_build, real_loss = pt_loop.build_model, pt_loop.reconstruction_loss
 
     def build(*args, **kwargs):
         model = real_build(*args, **kwargs)
@@ -164,8 +166,8 @@ def test_model_sees_masked_input_and_is_scored_against_original(corpus_root, tmp
         targets.append(target.clone())
         return real_loss(output, target, cfg)
 
-    monkeypatch.setattr(pt, "build_model", build)
-    monkeypatch.setattr(pt, "reconstruction_loss", loss)
+    monkeypatch.setattr(pt_loop, "build_model", build)  # the engine's own names
+    monkeypatch.setattr(pt_loop, "reconstruction_loss", loss)
     cfg = _cfg()
     pt.pretrain_expert(
         corpus_root, tmp_path / "run", cfg, 0, max_steps=1, device="cpu", progress=False
@@ -176,7 +178,7 @@ def test_model_sees_masked_input_and_is_scored_against_original(corpus_root, tmp
     rows = [np.asarray(segments.segment(i)) for i in range(len(segments))]
     for row in x.numpy():  # every target row is an original corpus segment
         assert any(r.shape == row.shape and np.array_equal(r, row) for r in rows)
-    gen = pt._generator(cfg.pretrain.seed, 0, pt._TRAIN, 0, 0, 0)
+    gen = seeded_generator(cfg.pretrain.seed, 0, TRAIN_STREAM, 0, 0, 0)
     expected, _ = spectral_mask(x, cfg.signal.sfreq, cfg.spectral, cfg.mask, gen)
     assert torch.equal(x_in, expected)
     assert (x_in - x).abs().max() > 1e-3
