@@ -20,7 +20,7 @@ import numpy as np
 from rtmoe.calibration.epochs import Trials, epoch_recording, parse_classes
 from rtmoe.calibration.fit import ALIGNMENTS, TUNINGS, FitError, confusion_png, fit_subject
 from rtmoe.calibration.quality import format_report, quality_report
-from rtmoe.calibration.record import MarkerInlet, TrialCounter, record_lsl, record_replay
+from rtmoe.calibration.record import TrialCounter, record_lsl, record_replay
 from rtmoe.calibration.session import Session, SessionError, read_meta, read_session
 from rtmoe.cli import Command, UserError
 from rtmoe.config import RuntimeConfig
@@ -32,6 +32,7 @@ from rtmoe.profiles import (
     remove_profile,
     save_profile,
 )
+from rtmoe.stream.markers import MarkerInlet
 
 #: liblsl queue of the calibration inlets, in seconds of the stream's nominal rate: deep,
 #: because losing samples costs trials (the live decoder keeps its own queue short).

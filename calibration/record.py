@@ -26,9 +26,9 @@ import numpy as np
 
 # The live monitor flags channels by the same thresholds as the session's quality report.
 from rtmoe.calibration.quality import FLAT_UV, NOISY_UV
-from rtmoe.calibration.session import Session, marker_label, read_session
+from rtmoe.calibration.session import Session, read_session
 from rtmoe.recording import Recording, marker_sample
-
+from rtmoe.stream.markers import marker_label
 
 
 @dataclass
@@ -196,46 +196,6 @@ def record_lsl(
             return "idle"
         if not times.size:
             time.sleep(poll_s)
-
-
-class MarkerInlet:
-    """An LSL marker inlet (string or numeric, first channel), clock-corrected.
-
-    Parameters
-    ----------
-    info : pylsl.StreamInfo
-        A resolved marker stream (`rtmoe.stream.lsl.resolve_stream`).
-    open_timeout_s : float
-    """
-
-    def __init__(self, info, open_timeout_s: float = 5.0) -> None:
-        import pylsl
-
-        from rtmoe.stream.lsl import LslError, describe_stream
-
-        self._inlet = pylsl.StreamInlet(
-            info, max_buflen=360, recover=True, processing_flags=pylsl.proc_clocksync
-        )
-        try:
-            self._inlet.open_stream(timeout=open_timeout_s)
-        except Exception as err:
-            raise LslError(
-                f"could not open marker stream {describe_stream(info)} within "
-                f"{open_timeout_s} s: {err}; is the experiment software still running?"
-            ) from err
-        # The first clock-offset estimate blocks; take it now, not at the first pull.
-        self._inlet.time_correction(timeout=open_timeout_s)
-        self.name = info.name()
-        #: LSL time once open: cues pushed from here on are received (none before).
-        self.opened_lsl_s = float(pylsl.local_clock())
-
-    def pull(self) -> list[tuple[float, str]]:
-        """Markers received since the last pull: (LSL time, label), oldest first."""
-        samples, stamps = self._inlet.pull_chunk(timeout=0.0)
-        return [(float(t), marker_label(s[0])) for s, t in zip(samples or [], stamps, strict=True)]
-
-    def close(self) -> None:
-        self._inlet.close_stream()
 
 
 def record_replay(

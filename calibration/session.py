@@ -82,15 +82,6 @@ class RecordedSession:
         return self.times.size
 
 
-def marker_label(value: object) -> str:
-    """Marker text as rtmoe compares it: numbers lose a ``.0`` (``2.0`` -> ``"2"``)."""
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return str(int(value))
-    return str(value).strip()
-
-
 class Session:
     """An open session folder that samples and markers are appended to.
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from rtmoe.calibration.cli import calibrate_command, profiles_command
 from rtmoe.calibration.epochs import epoch_recording, parse_classes, split_segments
 from rtmoe.calibration.fit import ea_matrix, fit_subject, stratified_folds
 from rtmoe.calibration.quality import line_noise_db, quality_report, timing
 from rtmoe.calibration.record import record_replay
-from rtmoe.calibration.session import Session, marker_label, read_session
-
+from rtmoe.calibration.session import Session, read_session
 from rtmoe.checkpoint import save_checkpoint
 from rtmoe.cli import UserError
 from rtmoe.config import Config, SignalConfig
@@ -32,6 +32,7 @@ from rtmoe.profiles import (
 )
 from rtmoe.recording import Marker, Recording
 from rtmoe.signal import apply_alignment, preprocess_recording
+from rtmoe.stream.markers import marker_label
 
 torch.set_num_threads(1)
 
@@ -53,6 +54,7 @@ def make_base_model(path, seed: int = 0):
 def build_trials_fif(path, split: str, n: int, seed: int = 0, labels=None, ch_names=None):
     """Like offline/recipes/build_demo_recording.py, from a seeded shuffle of a split."""
     import mne
+
     from rtmoe.offline.corpus.devdata import load_dev_split
 
     t = load_dev_split("SelfRegulationSCP1", split)

@@ -19,13 +19,13 @@ import torch
 
 pylsl = pytest.importorskip("pylsl")
 
+from test_calibration import build_trials_fif, cli, make_base_model  # noqa: E402
+
 from rtmoe.calibration.cli import calibrate_command  # noqa: E402
 from rtmoe.calibration.epochs import epoch_recording  # noqa: E402
 from rtmoe.calibration.fit import predict_proba, score_windows  # noqa: E402
-from rtmoe.calibration.record import MarkerInlet, record_replay  # noqa: E402
+from rtmoe.calibration.record import record_replay  # noqa: E402
 from rtmoe.calibration.session import Session, read_session  # noqa: E402
-from test_calibration import build_trials_fif, cli, make_base_model  # noqa: E402
-
 from rtmoe.config import RuntimeConfig  # noqa: E402
 from rtmoe.models.shipped import load_model  # noqa: E402
 from rtmoe.profiles import load_profile  # noqa: E402
@@ -34,6 +34,7 @@ from rtmoe.runtime.loop import Runtime  # noqa: E402
 from rtmoe.signal import apply_alignment  # noqa: E402
 from rtmoe.signal.channels import map_channels  # noqa: E402
 from rtmoe.stream.lsl import LslSource, resolve_stream  # noqa: E402
+from rtmoe.stream.markers import MarkerInlet  # noqa: E402
 from rtmoe.stream.player import Player  # noqa: E402
 from rtmoe.stream.replay import demo_recording_path, load_replay  # noqa: E402
 

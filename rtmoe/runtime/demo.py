@@ -29,6 +29,7 @@ from rtmoe.config import RuntimeConfig
 from rtmoe.models.specmoe import LoadedSpecMoE
 from rtmoe.runtime.loop import RunSummary, Runtime
 from rtmoe.stream.lsl import resolve_stream
+from rtmoe.stream.markers import MarkerInlet
 from rtmoe.stream.player import Player
 from rtmoe.stream.replay import demo_recording_path, load_replay
 from rtmoe.transport import TOPIC_DECODE, DecodeMessage, decode
@@ -161,7 +162,7 @@ def run_demo(
                 f"{duration_s:g} s, Ctrl-C stops",
                 flush=True,
             )
-        markers = _marker_inlet(f"{name}-markers")
+        markers = MarkerInlet(resolve_stream(name=f"{name}-markers", timeout_s=0.5))
         sub = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, TOPIC_DECODE)
@@ -188,8 +189,7 @@ def run_demo(
                         scorer.add_decode(msg)
                         latencies.append(msg.latency_ms)
                         last = msg
-                labels, stamps = markers.pull_chunk(timeout=0.0)
-                for (label,), stamp in zip(labels, stamps, strict=True):
+                for stamp, label in markers.pull():
                     scorer.add_marker(stamp, label)
                 scorer.score()
                 if console:
@@ -201,7 +201,7 @@ def run_demo(
             thread.join()
             restore()
             sub.close()
-            markers.close_stream()
+            markers.close()
             if console:
                 print(file=sys.stderr)
     if isinstance(result["run"], BaseException):
@@ -219,16 +219,6 @@ def run_demo(
         latency_ms_p99=float(p99),
         runtime=result["run"],
     )
-
-
-def _marker_inlet(name: str):
-    import pylsl
-
-    inlet = pylsl.StreamInlet(
-        resolve_stream(name=name, timeout_s=0.5), processing_flags=pylsl.proc_clocksync
-    )
-    inlet.open_stream(timeout=5.0)
-    return inlet
 
 
 def _line(runtime: Runtime, last: DecodeMessage | None, scorer: TrialScorer) -> str:
