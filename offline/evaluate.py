@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rtmoe.offline.finetune import add_data_arguments, load_trials, predict
+from rtmoe.offline.data import add_data_arguments, load_trials
+from rtmoe.offline.finetune import predict
 from rtmoe.metrics import classification_metrics, confusion_matrix, regression_metrics
 
 from rtmoe.cli import Command

@@ -1,0 +1,101 @@
+"""Labelled trials for ``rtmoe finetune`` and ``rtmoe evaluate``: reading and CLI options.
+
+The trials come from a development data set (``--dataset NAME``,
+`rtmoe.offline.corpus.devdata`) or an ``.npz`` file (``--data FILE.npz``), in µV at
+their own rate, with an optional label file naming the classes in output order.
+Preprocessing is not done here: `rtmoe.offline.finetune.finetune` and
+`rtmoe.offline.evaluate.evaluate` run the one signal chain (`rtmoe.signal`) on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rtmoe.command import UserError
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """Labelled trials from a dev data set or an ``.npz`` file (see :func:`load_trials`)."""
+
+    X: np.ndarray  # (n_trials, n_chans, n_times), µV
+    y: np.ndarray  # (n_trials,)
+    sfreq: float
+    ch_names: tuple[str, ...]
+    name: str
+
+
+def load_trials(
+    dataset: str | None, data: Path | None, split: str, labels_file: Path | None = None
+) -> tuple[TrialData, tuple[str, ...] | None]:
+    """Trials from ``--dataset NAME`` (dev data) or ``--data FILE.npz`` and the label file.
+
+    An ``.npz`` holds ``X`` (n_trials, n_chans, n_times) in µV, ``y`` (n_trials,),
+    ``sfreq`` and ``ch_names``. A label file lists one class name per line, in output
+    order.
+    """
+    if (dataset is None) == (data is None):
+        raise UserError("give either --dataset NAME or --data FILE.npz")
+    if dataset is not None:
+        from rtmoe.offline.corpus.devdata import load_dev_split
+
+        t = load_dev_split(dataset, split)
+        trials = TrialData(t.X, t.y, t.sfreq, t.ch_names, t.name)
+    else:
+        with np.load(data, allow_pickle=False) as f:
+            missing = sorted({"X", "y", "sfreq", "ch_names"} - set(f.files))
+            if missing:
+                raise UserError(
+                    f"{data} lacks arrays {missing}; an .npz needs X (n_trials, n_chans, "
+                    "n_times) in µV, y, sfreq and ch_names"
+                )
+            trials = TrialData(
+                f["X"], f["y"], float(f["sfreq"]), tuple(f["ch_names"].astype(str)), data.stem
+            )
+    labels = None
+    if labels_file is not None:
+        labels = tuple(
+            line.strip() for line in Path(labels_file).read_text().splitlines() if line.strip()
+        )
+        if len(set(labels)) < 2 or len(set(labels)) != len(labels):
+            raise UserError(
+                f"label file {labels_file} lists {list(labels)}; it needs at least two "
+                "distinct class names, one per line, in output order"
+            )
+    return trials, labels
+
+
+class _DataOption(argparse.Action):
+    """Stores ``--data``/``--split``; both on one command line is an argparse error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, "_data_options_given", set()) | {self.dest}
+        namespace._data_options_given = given
+        if {"data", "split"} <= given:
+            parser.error(
+                "--split applies to --dataset only; an --data FILE.npz is used whole (save "
+                "each split to its own file)"
+            )
+        setattr(namespace, self.dest, values)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
+    """``--dataset``/``--data``/``--split``, shared by finetune and evaluate."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--dataset", help="development data set name (SelfRegulationSCP1, FingerMovements)"
+    )
+    source.add_argument(
+        "--data", type=Path, action=_DataOption, help=".npz with X (µV), y, sfreq, ch_names"
+    )
+    parser.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default=default_split,
+        action=_DataOption,
+        help="split of --dataset (not with --data); default: %(default)s",
+    )
