@@ -6,12 +6,15 @@ tree beside it, so the same preprocessing runs offline, in calibration and live.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
+import re
 import tomllib
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,22 +368,29 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(obj)))
 
 
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build ``cls`` from a nested dict; unknown keys are an error naming them."""
+def from_dict(cls: type, data: dict[str, Any], _where: str = "") -> Any:
+    """Build ``cls`` from a nested dict; unknown keys and values of the wrong type are a
+    :class:`ConfigError` naming the key, the value and the valid keys (or the type)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{_where or cls.__name__} must be a table of {sorted(names)}, not {data!r}"
+        )
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown {cls.__name__} keys {unknown}; valid keys are {sorted(names)}")
+        where = f"[{_where}] " if _where else ""
+        raise ConfigError(
+            f"unknown {cls.__name__} keys {where}{unknown}; valid keys are {sorted(names)}"
+        )
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
+        name = f"{_where}.{key}" if _where else key
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value)
-        elif _is_tuple(hint) and value is not None:
-            kwargs[key] = tuple(value)
+            kwargs[key] = from_dict(hint, value, name)
         else:
-            kwargs[key] = value
+            kwargs[key] = _coerce(hint, value, name)
     return cls(**kwargs)
 
 
@@ -400,7 +410,10 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"config file {path} does not exist; check the path") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
-    return from_dict(Config, _none_from_toml(data)).validate()
+    try:
+        return from_dict(Config, _none_from_toml(data)).validate()
+    except ConfigError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
 
 
 def save_config(config: Config, path: str | Path) -> None:
@@ -422,12 +435,85 @@ def _none_from_toml(data: dict) -> dict:
     }
 
 
-def _is_tuple(hint: Any) -> bool:
-    if typing.get_origin(hint) is tuple:
-        return True
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_PLURAL_NAMES = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+
+
+def _describe_type(hint: Any) -> str:
     if isinstance(hint, types.UnionType):
-        return any(typing.get_origin(arg) is tuple for arg in typing.get_args(hint))
-    return False
+        return " or ".join(_describe_type(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return "none"
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        item = _PLURAL_NAMES.get(args[0], str(args[0]))
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {item}"
+        return f"a list of {len(args)} {item}"
+    return _TYPE_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """``value`` as the field's type (ints become floats, lists tuples) or a ConfigError."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+    else:
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce_one(option, value, key)
+            except _WrongType:
+                continue
+    raise ConfigError(f"{key} takes {_describe_type(hint)}, not {_toml_literal(value)}")
+
+
+class _WrongType(Exception):
+    pass
+
+
+def _coerce_one(hint: Any, value: Any, key: str) -> Any:
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _WrongType
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            item_hints = [args[0]] * len(value)
+        elif len(args) != len(value):
+            raise _WrongType
+        else:
+            item_hints = list(args)
+        pairs = enumerate(zip(item_hints, value, strict=True))
+        return tuple(_coerce(h, v, f"{key}[{i}]") for i, (h, v) in pairs)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:  # a type this module does not know: passed through as given
+        return value
+    raise _WrongType
+
+
+def _toml_literal(value: Any) -> str:
+    """``value`` as written in TOML (and on the command line after ``--set key=``)."""
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
+    try:
+        return tomli_w.dumps({"v": value}).partition("=")[2].strip()
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _positive(obj: Any, *names: str) -> None:
@@ -436,3 +522,282 @@ def _positive(obj: Any, *names: str) -> None:
         value = getattr(obj, name)
         if not value > 0:
             raise ConfigError(f"{section}.{name}={value} must be > 0")
+
+
+# --- Settings from the command line ----------------------------------------------------
+
+#: How every command that takes ``--config``/``--set`` combines its settings, lowest first:
+#: a later source wins for the fields it names. The *base* is the command's own starting
+#: tree (the defaults; ``rtmoe finetune``: its recipe).
+PRECEDENCE: tuple[str, ...] = ("base", "--config FILE", "command-line flags", "--set")
+
+PRECEDENCE_HELP = (
+    "settings combine as defaults < --config FILE < the command's own flags "
+    "(e.g. --hop-ms) < --set; `rtmoe config show` or --print-config prints the result"
+)
+
+_NO_VALUE = object()
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Split one ``--set`` argument: ``"section.field=value"`` → (section, field, value).
+
+    The value is a TOML literal (``5``, ``0.5``, ``true``, ``"cuda:0"``, ``["C3", "C4"]``);
+    ``none`` means ``None`` (as in config files, where TOML has no null). A value that is
+    not a TOML literal is kept as a string, so ``runtime.device=cuda:0`` needs no quotes.
+    Types and names are checked by :func:`apply_overrides`.
+    """
+    key, sep, raw = text.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not section or not name or "." in name:
+        raise ConfigError(
+            f"--set {text!r} is not SECTION.FIELD=VALUE; write e.g. --set runtime.hop_ms=50 "
+            f"(sections: {', '.join(f.name for f in dataclasses.fields(Config))})"
+        )
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    if isinstance(value, dict):
+        raise ConfigError(f"--set {text!r}: give one field's value, not a table")
+    return section, name, None if value == "none" else value
+
+
+def _section_class(section: str, source: str) -> type:
+    sections = [f.name for f in dataclasses.fields(Config)]
+    if section not in sections:
+        raise ConfigError(
+            f"{source}: unknown section {section!r}; the sections are {', '.join(sections)}"
+        )
+    return typing.get_type_hints(Config)[section]
+
+
+def _field_hint(section: str, name: str, source: str) -> Any:
+    cls = _section_class(section, source)
+    names = [f.name for f in dataclasses.fields(cls)]
+    if name not in names:
+        raise ConfigError(
+            f"{source}: [{section}] has no field {name!r}; its fields are {', '.join(names)}"
+        )
+    return typing.get_type_hints(cls)[name]
+
+
+def apply_overrides(
+    config: Config,
+    overrides: Mapping[str, Any] | Sequence[str],
+    *,
+    source: str = "--set",
+    validate: bool = True,
+) -> Config:
+    """``config`` with fields replaced, by ``"section.field=value"`` strings (``--set``) or
+    a ``{"section.field": value}`` mapping; later entries win.
+
+    An unknown section or field, or a value of the wrong type, is a :class:`ConfigError`
+    naming the key, the value and the valid fields (or the type); with ``validate`` the
+    result is validated too (:meth:`Config.validate`).
+    """
+    items: list[tuple[str, str, Any, str]] = []
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            section, _, name = key.partition(".")
+            items.append((section, name, value, source))
+    else:
+        for text in overrides:
+            section, name, value = parse_override(text)
+            items.append((section, name, value, f"{source} {text}"))
+    updates: dict[str, dict[str, Any]] = {}
+    for section, name, value, where in items:
+        hint = _field_hint(section, name, where)
+        try:
+            updates.setdefault(section, {})[name] = _coerce(hint, value, f"{section}.{name}")
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    new = dataclasses.replace(
+        config,
+        **{s: dataclasses.replace(getattr(config, s), **f) for s, f in updates.items()},
+    )
+    return new.validate() if validate else new
+
+
+def resolve_config(
+    *,
+    base: Config | None = None,
+    config_file: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+    flag_names: Mapping[str, str] | None = None,
+    sections: Sequence[str] | None = None,
+    command: str = "this command",
+) -> Config:
+    """The tree a command runs with: ``base`` < ``config_file`` < ``flags`` < ``overrides``.
+
+    Parameters
+    ----------
+    base : Config, optional
+        The command's starting tree (default: :class:`Config` defaults).
+    config_file : path, optional
+        TOML file with any subset of the sections (``--config``); its fields replace the
+        base's, the others stay.
+    flags : mapping, optional
+        ``{"section.field": value}`` from the command's own flags; ``None`` values (a flag
+        not given) are skipped.
+    overrides : sequence of str
+        ``--set`` arguments, ``"section.field=value"``; the last of a key wins.
+    flag_names : mapping, optional
+        ``{"section.field": "--flag"}``, to name the flag in an error.
+    sections : sequence of str, optional
+        The sections the command reads; a ``--set`` elsewhere would do nothing and is
+        refused (a config file may hold other sections: they are ignored).
+    command : str
+        The command's name, for that error.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, the bad value, where it came from and the valid fields or range.
+    """
+    cfg = base if base is not None else Config()
+    origin: dict[str, str] = {}
+    if config_file is not None:
+        data = _read_toml(config_file)
+        updates = {}
+        for section, table in data.items():
+            _section_class(section, f"--config {config_file}")
+            if not isinstance(table, dict):
+                raise ConfigError(
+                    f"--config {config_file}: {section} must be a table ([{section}]), "
+                    f"not {table!r}"
+                )
+            for name, value in table.items():
+                updates[f"{section}.{name}"] = value
+                origin[f"{section}.{name}"] = f"--config {config_file}"
+        cfg = apply_overrides(cfg, updates, source=f"--config {config_file}", validate=False)
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    for key, value in given.items():
+        flag = (flag_names or {}).get(key, "a command-line flag")
+        origin[key] = flag if isinstance(value, bool) else f"{flag} {value!r}"
+    cfg = apply_overrides(cfg, given, source="flag", validate=False)
+    for text in overrides:
+        section, name, _ = parse_override(text)
+        if sections is not None and section not in sections:
+            raise ConfigError(
+                f"--set {text}: {command} does not read [{section}] (it reads "
+                f"{', '.join(f'[{s}]' for s in sections)}); the setting would have no effect"
+            )
+        origin[f"{section}.{name}"] = f"--set {text}"
+    cfg = apply_overrides(cfg, overrides, validate=False)
+    try:
+        return cfg.validate()
+    except ConfigError as err:  # named by where the culprit came from
+        keys = re.findall(r"\b([a-z]+\.[a-z_0-9]+)=", str(err))
+        sources = list(dict.fromkeys(origin[k] for k in keys if k in origin))
+        if not sources:
+            raise
+        raise ConfigError(f"{', '.join(sources)}: {err}") from None
+
+
+def format_config(config: Config, sections: Sequence[str] | None = None) -> str:
+    """The resolved tree (or some of its sections) as TOML, ``None`` written as "none"."""
+    data = _none_to_toml(to_dict(config))
+    if sections is not None:
+        data = {s: data[s] for s in sections}
+    return tomli_w.dumps(data)
+
+
+def _read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return _none_from_toml(tomllib.loads(path.read_text()))
+    except (FileNotFoundError, IsADirectoryError):
+        raise ConfigError(f"config file {path} does not exist; check the path") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    sections: Sequence[str] | None = None,
+    flags: Mapping[str, str] | None = None,
+    config_help: str | None = None,
+) -> None:
+    """Give a command ``--config FILE``, ``--set SECTION.FIELD=VALUE`` (repeatable) and
+    ``--print-config``; call it after the command's own arguments.
+
+    ``flags`` maps the ``dest`` of the command's own flags to the field they set
+    (``{"hop_ms": "runtime.hop_ms"}``): their defaults become "not given" (``None``) so
+    that a ``--config`` file can set the field, and :func:`config_from_args` writes the
+    resolved value back into the namespace. ``sections``: those the command reads
+    (default: all). Precedence: :data:`PRECEDENCE`.
+    """
+    flags = dict(flags or {})
+    actions = {a.dest: a for a in parser._actions}
+    defaults = Config()
+    for dest, key in flags.items():
+        if dest not in actions:
+            raise ValueError(f"add_config_arguments: the parser has no flag with dest {dest!r}")
+        section, _, name = key.partition(".")
+        _field_hint(section, name, f"add_config_arguments flag {dest!r}")
+        action = actions[dest]
+        action.default = None
+        literal = _toml_literal(getattr(getattr(defaults, section), name))
+        action.help = f"{action.help or ''} [{key}, default {literal}]".strip()
+    names = "[" + "], [".join(sections) + "]" if sections else "any section"
+    group = parser.add_argument_group(
+        "settings (the config tree)", f"This command reads {names}; " + PRECEDENCE_HELP + "."
+    )
+    if "config" not in actions:
+        group.add_argument(
+            "--config",
+            type=Path,
+            metavar="FILE.toml",
+            help=config_help or "TOML file with any subset of the config sections",
+        )
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="set one field (a TOML literal; none for None), e.g. --set runtime.hop_ms=50; "
+        "repeatable",
+    )
+    group.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved settings as TOML and exit",
+    )
+    parser.set_defaults(_config_flags=flags, _config_sections=tuple(sections) if sections else None)
+
+
+def config_from_args(
+    args: argparse.Namespace, *, base: Config | None = None, command: str | None = None
+) -> Config:
+    """The resolved tree of a command set up by :func:`add_config_arguments`.
+
+    Writes each mapped flag's resolved value back into ``args`` (so the command's own
+    checks see the value it will run with). With ``--print-config``: prints the tree and
+    exits (``SystemExit(0)``, as ``--help`` does).
+    """
+    flag_map: dict[str, str] = getattr(args, "_config_flags", {})
+    sections = getattr(args, "_config_sections", None)
+    command = command or f"rtmoe {getattr(args, 'command', None) or 'this command'}"
+    flags = {key: getattr(args, dest) for dest, key in flag_map.items()}
+    names = {key: "--" + dest.replace("_", "-") for dest, key in flag_map.items()}
+    cfg = resolve_config(
+        base=base,
+        config_file=getattr(args, "config", None),
+        flags=flags,
+        overrides=getattr(args, "set", None) or (),
+        flag_names=names,
+        sections=sections,
+        command=command,
+    )
+    for dest, key in flag_map.items():
+        section, _, name = key.partition(".")
+        setattr(args, dest, getattr(getattr(cfg, section), name))
+    if getattr(args, "print_config", False):
+        print(f"# {command}: resolved settings ({' < '.join(PRECEDENCE)})")
+        print(format_config(cfg, sections), end="")
+        raise SystemExit(0)
+    return cfg

@@ -47,6 +47,12 @@ BAD = [
     (["--profile-version", "2"], ["--profile-version needs --subject"]),
     (["--device", "gpu"], ["--device 'gpu'"]),
     (["--hop-ms", "-5"], ["hop_ms=-5"]),
+    # --set and --config are resolved and validated first (rtmoe.config.config_from_args)
+    (["--set", "runtime.rate_tolerance=fast"], ["runtime.rate_tolerance takes a number"]),
+    (["--set", "runtime.max_age_s=-1"], ["--set runtime.max_age_s=-1", "must be > 0"]),
+    (["--set", "runtime.hopms=5"], ["[runtime] has no field 'hopms'", "hop_ms"]),
+    (["--set", "signal.sfreq=100"], ["rtmoe stream does not read [signal]"]),
+    (["--config", "/no/such/settings.toml"], ["/no/such/settings.toml does not exist"]),
 ]
 
 
@@ -121,3 +127,32 @@ def test_allow_remote_warning_cases(monkeypatch, capsys, argv, expected):
         assert warnings == []
     else:
         assert len(warnings) == 1 and expected in warnings[0]
+
+
+def test_config_file_flags_and_set_reach_the_runtime(monkeypatch, capsys, tmp_path):
+    """defaults < --config < flags < --set, as the Runtime receives its RuntimeConfig."""
+    import types
+
+    from rtmoe.cli import main
+    from rtmoe.stream.lsl import LslError
+
+    received = []
+
+    class NoRuntime:
+        def __init__(self, model, query, cfg, **kwargs):
+            received.append(cfg)
+            raise LslError("stopped here by the test")
+
+    fake = types.ModuleType("rtmoe.runtime.loop")
+    fake.Runtime = NoRuntime
+    monkeypatch.setitem(sys.modules, "rtmoe.runtime.loop", fake)
+    path = tmp_path / "settings.toml"
+    path.write_text("[runtime]\nhop_ms = 50.0\nmax_age_s = 3.0\nwait_s = 4.0\n")
+    argv = ["stream", "--lsl", "EEG", "--config", str(path), "--max-age-s", "5"]
+    argv += ["--set", "runtime.rate_tolerance=5", "--set", "runtime.wait_s=2"]
+    assert main(argv) == 2
+    (cfg,) = received
+    assert cfg.hop_ms == 50.0  # from the file
+    assert cfg.max_age_s == 5.0  # the flag beats the file
+    assert cfg.rate_tolerance == 5.0 and cfg.wait_s == 2.0  # --set beats both
+    assert "waiting up to 2 s" in capsys.readouterr().out

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import re
 import signal
 import sys
@@ -18,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from rtmoe.cli import Command, UserError
-from rtmoe.config import RuntimeConfig
+from rtmoe.config import RuntimeConfig, add_config_arguments, config_from_args
 from rtmoe.engine import ENGINE_KINDS
 from rtmoe.signal.channels import FILL_POLICIES
 from rtmoe.stream.lsl import LslError
@@ -49,15 +48,22 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _runtime_config(args: argparse.Namespace, **extra: object) -> RuntimeConfig:
-    return dataclasses.replace(
-        RuntimeConfig(),
-        engine=args.engine,
-        zmq_address=args.zmq,
-        hop_ms=args.hop_ms,
-        device=args.device,
-        **extra,
-    )
+#: The flags that set a field of [runtime] (dest → field): a flag given beats --config,
+#: --set beats the flag (rtmoe.config.PRECEDENCE).
+COMMON_FLAGS = {
+    "engine": "runtime.engine",
+    "zmq": "runtime.zmq_address",
+    "hop_ms": "runtime.hop_ms",
+    "device": "runtime.device",
+}
+STREAM_FLAGS = {
+    **COMMON_FLAGS,
+    "allow_remote": "runtime.allow_remote",
+    "single_frame": "runtime.single_frame",
+    "fill": "runtime.fill",
+    "wait_s": "runtime.wait_s",
+    "max_age_s": "runtime.max_age_s",
+}
 
 
 def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,6 +120,7 @@ def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         help="post-processing stage or sink, name[:key=value,...] (e.g. smooth:alpha=0.3, "
         "lsl-out); repeat to chain, in order; see docs/plugins.md",
     )
+    add_config_arguments(parser, sections=("runtime",), flags=STREAM_FLAGS)
 
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -202,6 +209,7 @@ def check_model_ref(ref: str, flag: str = "--model") -> None:
 
 def _check_stream_args(args: argparse.Namespace) -> tuple[dict, RuntimeConfig, list[str]]:
     """Every check that needs no model, no torch and no LSL: fails in milliseconds."""
+    cfg = config_from_args(args).runtime  # --config/--set/flags; writes the values back
     query = {"name": args.lsl, "type": args.lsl_type, "source_id": args.source_id}
     query = {k: v for k, v in query.items() if v is not None}
     if not query:
@@ -225,15 +233,6 @@ def _check_stream_args(args: argparse.Namespace) -> tuple[dict, RuntimeConfig, l
         raise UserError(f"--wait-s {args.wait_s:g} must be >= 0 seconds (omit it to wait on)")
     if not args.max_age_s > 0:
         raise UserError(f"--max-age-s {args.max_age_s:g} must be > 0 seconds")
-    cfg = _runtime_config(
-        args,
-        allow_remote=args.allow_remote,
-        single_frame=args.single_frame,
-        fill=args.fill,
-        wait_s=args.wait_s,
-        max_age_s=args.max_age_s,
-    )
-    cfg.validate()
     return query, cfg, exposed
 
 
@@ -334,17 +333,17 @@ def _decode_stream(args: argparse.Namespace, runtime):
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration-s", type=float, default=60.0, help="seconds to run")
     _add_common(parser)
+    add_config_arguments(parser, sections=("runtime",), flags=COMMON_FLAGS)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args).runtime
     check_zmq_address(args.zmq, allow_remote=False)  # before the model loads
     if args.model:
         check_model_ref(args.model)
     from rtmoe.runtime.demo import run_demo
 
-    summary = run_demo(
-        args.model or "default", args.duration_s, _runtime_config(args), cache_dir=args.cache_dir
-    )
+    summary = run_demo(args.model or "default", args.duration_s, cfg, cache_dir=args.cache_dir)
     print(summary.describe(), flush=True)
     return 0
 
