@@ -44,15 +44,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rtmoe.config import Config, load_config  # noqa: E402
+from rtmoe.metrics import classification_metrics  # noqa: E402
 from rtmoe.offline.corpus.devdata import ALL_DEV_DATASETS, load_dev_split  # noqa: E402
 from rtmoe.offline.evaluate import evaluate  # noqa: E402
 from rtmoe.offline.finetune import TASK_SIGNALS, finetune  # noqa: E402
-from rtmoe.metrics import classification_metrics  # noqa: E402
 
 DATASETS = ALL_DEV_DATASETS  # SCP1, FingerMovements, HandMovementDirection
 RECIPE = ROOT / "offline" / "recipes" / "default_model.toml"
@@ -257,6 +258,7 @@ def train_eegnet(
     n_classes: int,
     seed: int,
     recipe: EEGNetRecipe = EEGNetRecipe(),
+    progress: bool = False,
 ) -> tuple[EEGNet, dict[str, Any], float]:
     """Fit EEGNet-8,2 on train trials only; model selection on a split of them.
 
@@ -266,6 +268,8 @@ def train_eegnet(
     y : ndarray, shape (n_trials,), int class indices
     seed : int
         Seeds the weights, the validation split and the batch order.
+    progress : bool
+        Show a tqdm bar over epochs (stderr) with the best validation loss so far.
 
     Returns
     -------
@@ -291,7 +295,9 @@ def train_eegnet(
     optim = torch.optim.Adam(model.parameters(), lr=recipe.lr, eps=1e-7)  # Keras' eps
     best = (math.inf, 0, copy.deepcopy(model.state_dict()), float("nan"))
     epoch = 0
+    bar = tqdm(total=recipe.max_epochs, desc=f"EEGNet seed {seed}", unit="ep", disable=not progress)
     for epoch in range(1, recipe.max_epochs + 1):
+        bar.update()
         model.train()
         order = fit[rng.permutation(len(fit))]
         for start in range(0, len(order), recipe.batch_size):
@@ -310,8 +316,10 @@ def train_eegnet(
             proba = torch.softmax(logits, dim=1).numpy()
             val_bacc = classification_metrics(y[val], proba)["balanced_accuracy"]
             best = (val_loss, epoch, copy.deepcopy(model.state_dict()), val_bacc)
+            bar.set_postfix(best_epoch=epoch, val_loss=f"{val_loss:.3f}", refresh=False)
         elif recipe.patience is not None and epoch - best[1] >= recipe.patience:
             break
+    bar.close()
     model.load_state_dict(best[2])
     model.eval()
     info = {
@@ -324,7 +332,7 @@ def train_eegnet(
 
 
 def eegnet_row(
-    name: str, seed: int, recipe: EEGNetRecipe = EEGNetRecipe()
+    name: str, seed: int, recipe: EEGNetRecipe = EEGNetRecipe(), progress: bool = False
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Train EEGNet-8,2 from scratch on ``name``'s train split; score the test split once.
 
@@ -339,7 +347,7 @@ def eegnet_row(
     labels = sorted(set(train.y.tolist()))
     started = time.monotonic()
     model, info, scale = train_eegnet(
-        train.X, _indices(train.y, labels), train.sfreq, len(labels), seed, recipe
+        train.X, _indices(train.y, labels), train.sfreq, len(labels), seed, recipe, progress
     )
     with torch.no_grad():
         proba = torch.softmax(model(torch.as_tensor(test.X / scale)), dim=1).numpy()
@@ -595,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         if "eegnet" in args.models:
             runs = []
             for seed in args.seeds:
-                runs.append(eegnet_row(name, seed, eegnet))
+                runs.append(eegnet_row(name, seed, eegnet, progress=sys.stderr.isatty()))
                 print(f"{name} {EEGNET_ROW} seed {seed}: {json.dumps(runs[-1][0])}", flush=True)
             _seed_group(results[name], EEGNET_ROW, runs, y_test, args.seeds)
         for row in peer_rows:
