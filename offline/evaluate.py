@@ -22,7 +22,8 @@ from rtmoe.offline.finetune import predict
 from rtmoe.metrics import classification_metrics, confusion_matrix, regression_metrics
 
 from rtmoe.cli import Command
-from rtmoe.models.specmoe import LoadedSpecMoE, TaskConfig, load_specmoe
+from rtmoe.models.shipped import load_model
+from rtmoe.models.specmoe import LoadedSpecMoE, TaskConfig
 from rtmoe.signal import map_channels, preprocess_trials
 
 
@@ -85,8 +86,9 @@ def evaluate(
 
     Parameters
     ----------
-    model : path or LoadedSpecMoE
-        A ``specmoe`` checkpoint (or one already loaded).
+    model : str, path or LoadedSpecMoE
+        A shipped model's name, a ``specmoe`` checkpoint folder, or a loaded model
+        (`rtmoe.models.shipped.load_model`).
     X : ndarray, shape (n_trials, n_chans, n_times), µV
     y : ndarray, shape (n_trials,)
         Class labels (or regression targets).
@@ -95,7 +97,7 @@ def evaluate(
     ch_names : sequence of str, length n_chans
         Must include the checkpoint's electrodes (other channels are ignored).
     """
-    loaded = model if isinstance(model, LoadedSpecMoE) else load_specmoe(model, device)
+    loaded = load_model(model, device)
     task = loaded.task
     if len(y) != len(X):
         raise ValueError(f"{len(y)} labels for {len(X)} trials; give one label per trial")
