@@ -18,10 +18,11 @@ import pytest
 import zmq
 
 import rtmoe.plugins.subscriber as subscriber_module
+from rtmoe.config import RuntimeConfig
 from rtmoe.plugins.subscriber import Decode, ProtocolError, Status, Subscriber, parse
 from rtmoe.transport import messages
 from rtmoe.transport.messages import DecodeMessage, StatusMessage
-from rtmoe.transport.publisher import ZmqPublisher
+from rtmoe.transport.publisher import DEFAULT_ADDRESS, ZmqPublisher
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["left_hand", "right_hand", "feet"]
@@ -103,6 +104,11 @@ def test_client_imports_only_pyzmq_and_stdlib():
     assert out.returncode == 0, out.stderr
     # Only the package shells on the way to the client: rtmoe/__init__ holds the version.
     assert out.stdout.strip() == "[] ['rtmoe', 'rtmoe.plugins', 'rtmoe.plugins.subscriber']"
+
+
+def test_default_address_is_the_runtimes():
+    # The client is one copy-able file, so it keeps its own constant; it must match.
+    assert subscriber_module.DEFAULT_ADDRESS == RuntimeConfig().zmq_address == DEFAULT_ADDRESS
 
 
 def test_field_names_match_messages_and_schemas():

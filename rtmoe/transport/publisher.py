@@ -13,12 +13,14 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING, Self
 
+from rtmoe.config import RuntimeConfig
 from rtmoe.transport.messages import Message, encode, encode_single_frame
 
 if TYPE_CHECKING:
     import zmq
 
-DEFAULT_ADDRESS = "tcp://127.0.0.1:5556"
+#: The one default endpoint: the config tree's ``runtime.zmq_address``.
+DEFAULT_ADDRESS = RuntimeConfig.zmq_address
 
 
 def is_loopback_address(address: str) -> bool:
