@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from rtmoe.calibration import commands as calibration_commands
 from rtmoe.calibration.epochs import Trials, epoch_recording, parse_classes
 from rtmoe.calibration.fit import ALIGNMENTS, TUNINGS, FitError, confusion_png, fit_subject
 from rtmoe.calibration.quality import format_report, quality_report
@@ -499,12 +500,12 @@ def _run_profiles(args: argparse.Namespace) -> int:
 
 
 calibrate_command = Command(
-    help="record cue-locked trials (LSL or a file), check them and fit a subject profile",
+    help=calibration_commands.calibrate.help,  # the entry-point stub's line
     add_arguments=_add_calibrate_arguments,
     run=_run_calibrate,
 )
 profiles_command = Command(
-    help="list or remove subject profiles (rtmoe calibrate writes them)",
+    help=calibration_commands.profiles.help,  # the entry-point stub's line
     add_arguments=_add_profiles_arguments,
     run=_run_profiles,
 )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rtmoe.offline import commands as offline_commands
 from rtmoe.offline.data import add_data_arguments, load_trials
 from rtmoe.offline.finetune import predict
 from rtmoe.metrics import classification_metrics, confusion_matrix, regression_metrics
@@ -235,7 +236,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 command = Command(
-    help="evaluate a fine-tuned SpecMoE checkpoint: metrics, confusion matrix, gate plot",
+    help=offline_commands.evaluate.help,  # the entry-point stub's line
     add_arguments=_add_arguments,
     run=_run,
 )

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rtmoe.offline import commands as offline_commands
 from rtmoe.checkpoint import (
     EXPERT_KIND,
     CheckpointError,
@@ -680,7 +681,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 command = Command(
-    help="fine-tune SpecMoE on labelled trials (dev data set or .npz)",
+    help=offline_commands.finetune.help,  # the entry-point stub's line
     add_arguments=_add_arguments,
     run=_run,
 )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rtmoe.offline import commands as offline_commands
 from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
 
 from rtmoe.cli import Command, UserError
@@ -159,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 command = Command(
-    help="draw a development trial before and after Gaussian spectral masking (PNG)",
+    help=offline_commands.mask_preview.help,  # the entry-point stub's line
     add_arguments=_add_arguments,
     run=_run,
 )

@@ -35,8 +35,8 @@ class LazyCommand:
     Parameters
     ----------
     help : str
-        The one-line help ``rtmoe --help`` lists; the same as the target's ``help`` (a
-        test holds them equal).
+        The one-line help ``rtmoe --help`` lists; the target :class:`Command` takes its
+        ``help`` from here (one copy).
     target : str
         ``"module:attribute"`` naming the real :class:`Command`, e.g.
         ``"rtmoe.offline.pretrain:command"``.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rtmoe.offline import commands as offline_commands
 from rtmoe.cli import Command, UserError
 from rtmoe.config import Config, load_config
 
@@ -56,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 command = Command(
-    help="build a sharded pretraining corpus from EEG recordings (or --dev)",
+    help=offline_commands.prepare.help,  # the entry-point stub's line
     add_arguments=_add_arguments,
     run=_run,
 )

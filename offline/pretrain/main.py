@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 
+from rtmoe.offline import commands as offline_commands
 from rtmoe.checkpoint import CheckpointError, load_checkpoint
 from rtmoe.command import Command
 from rtmoe.config import Config, load_config
@@ -72,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 command = Command(
-    help="pretrain one SpecHi-Net expert on its partition of a corpus",
+    help=offline_commands.pretrain.help,  # the entry-point stub's line
     add_arguments=_add_arguments,
     run=_run,
 )

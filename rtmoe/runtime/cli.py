@@ -16,6 +16,7 @@ import threading
 from importlib import resources
 from pathlib import Path
 
+from rtmoe import commands
 from rtmoe.cli import Command, UserError
 from rtmoe.config import RuntimeConfig, add_config_arguments, config_from_args
 from rtmoe.engine import ENGINE_KINDS
@@ -349,12 +350,12 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 stream_command = Command(
-    help="decode an LSL EEG stream live and publish decodes over ZeroMQ",
+    help=commands.stream.help,  # the entry-point stub's line
     add_arguments=_add_stream_arguments,
     run=_run_stream,
 )
 demo_command = Command(
-    help="play the shipped demo recording through the live decoder and score it",
+    help=commands.demo.help,  # the entry-point stub's line
     add_arguments=_add_demo_arguments,
     run=_run_demo,
 )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtmoe import commands
 from rtmoe.command import Command
 from rtmoe.recording import Recording, marker_sample
 from rtmoe.stream.replay import demo_recording_path, load_replay
@@ -293,7 +294,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 command = Command(
-    help="replay a recording (or 'demo') as an LSL EEG stream with an LSL marker stream",
+    help=commands.play.help,  # the entry-point stub's line
     add_arguments=_add_arguments,
     run=_run,
 )
