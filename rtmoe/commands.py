@@ -18,3 +18,7 @@ demo = LazyCommand(
     help="play the shipped demo recording through the live decoder and score it",
     target="rtmoe.runtime.cli:demo_command",
 )
+sys_info = LazyCommand(
+    help="print versions of rtmoe and its libraries (liblsl, libzmq, CUDA), devices and engine",
+    target="rtmoe.sysinfo:command",
+)
