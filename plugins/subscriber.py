@@ -51,7 +51,8 @@ class Decode:
     """One decode as received (fields as in docs/protocol.md, times in LSL seconds).
 
     ``received_s`` is this machine's ``time.monotonic()`` when the message was read;
-    it is not part of the wire message.
+    it is not part of the wire message. ``valid`` False (schema 1.2) means the window is
+    not fit to act on (``invalid_reason`` says why): show it as such, do not react to it.
     """
 
     seq: int
@@ -68,6 +69,12 @@ class Decode:
     compute_ms: float
     skipped_windows: int
     extras: dict[str, float | str]
+    valid: bool = True
+    repaired_share: float = 0.0
+    flat_channels: int = 0
+    out_of_range_channels: int = 0
+    gap_in_window: bool = False
+    invalid_reason: str | None = None
     received_s: float = field(default=math.nan, compare=False)
 
     def probability(self, label: str) -> float:
@@ -115,6 +122,7 @@ class Status:
     refused_windows: int = 0
     error: str | None = None
     error_detail: str | None = None
+    invalid_decodes: int = 0
     received_s: float = field(default=math.nan, compare=False)
 
     @property
@@ -137,6 +145,10 @@ def _is_num(v: Any) -> bool:
 
 def _is_str(v: Any) -> bool:
     return isinstance(v, str)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
 
 
 def _is_extra(v: Any) -> bool:
@@ -169,6 +181,12 @@ _FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "compute_ms": _is_num,
         "skipped_windows": _is_int,
         "extras": lambda v: isinstance(v, dict) and all(map(_is_extra, v.values())),
+        "valid": _is_bool,
+        "repaired_share": _is_num,
+        "flat_channels": _is_int,
+        "out_of_range_channels": _is_int,
+        "gap_in_window": _is_bool,
+        "invalid_reason": _or_null(_is_str),
     },
     "status": {
         "seq": _is_int,
@@ -201,6 +219,7 @@ _FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "refused_windows": _is_int,
         "error": _or_null(_is_str),
         "error_detail": _or_null(_is_str),
+        "invalid_decodes": _is_int,
     },
 }
 # Fields a 1.0 (or 1.1) runtime does not send, and the value they are read as.
@@ -219,6 +238,13 @@ _ADDED_SINCE_1_0: dict[str, Any] = {
     "refused_windows": 0,
     "error": None,
     "error_detail": None,
+    "invalid_decodes": 0,
+    "valid": True,
+    "repaired_share": 0.0,
+    "flat_channels": 0,
+    "out_of_range_channels": 0,
+    "gap_in_window": False,
+    "invalid_reason": None,
 }
 
 
@@ -303,6 +329,7 @@ def parse(frames: bytes | Sequence[bytes], received_s: float = math.nan) -> Mess
         values[name] = float(values[name])
     values["latency_ms"] = float(values["latency_ms"])
     values["compute_ms"] = float(values["compute_ms"])
+    values["repaired_share"] = float(values["repaired_share"])
     values["extras"] = {k: v if _is_str(v) else float(v) for k, v in values["extras"].items()}
     return Decode(**values, received_s=received_s)
 

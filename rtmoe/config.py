@@ -307,11 +307,22 @@ class RuntimeConfig:
     max_lag_ms: float | None = None  # LAGGING beyond this; None: one hop
     rate_tolerance: float = 0.01  # relative; beyond it: status error, no decodes
     wait_s: float | None = None  # start-up wait for the stream; None: until it appears
+    # Quality verdict of every decode (DecodeMessage.valid): a window is invalid when
+    # more than max_repaired_share of its values were repaired, any channel's
+    # preprocessed signal exceeds out_of_range_uv, more than half its channels are flat
+    # (std below flat_uv, zero-filled channels included), or samples are missing in it.
+    max_repaired_share: float = 0.01
+    out_of_range_uv: float = 1000.0
+    flat_uv: float = 0.1
 
     def validate(self) -> None:
         _positive(self, "hop_ms", "stall_timeout_ms", "max_gap_ms", "status_period_s")
         _positive(self, "poll_ms", "max_buflen_s", "resolve_timeout_s", "timing_records")
-        _positive(self, "max_age_s", "rate_tolerance")
+        _positive(self, "max_age_s", "rate_tolerance", "out_of_range_uv", "flat_uv")
+        if not 0.0 <= self.max_repaired_share <= 1.0:
+            raise ConfigError(
+                f"runtime.max_repaired_share={self.max_repaired_share} must be in [0, 1]"
+            )
         if self.max_lag_ms is not None and not self.max_lag_ms > 0:
             raise ConfigError(f"runtime.max_lag_ms={self.max_lag_ms} must be > 0 or none")
         if self.wait_s is not None and not self.wait_s >= 0:

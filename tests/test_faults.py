@@ -102,6 +102,7 @@ class Sender:
         labels=CHANS,
         jump_at_s=None,
         jump_s=0.0,
+        edit=None,
     ):
         self.name = name or _unique("eeg")
         self.source_id = self.name if source_id is None else source_id
@@ -114,6 +115,8 @@ class Sender:
             30 * np.sin(2 * np.pi * 10 * t + np.arange(len(labels))[:, None])
             + 10 * rng.normal(size=(len(labels), n))
         ).astype(np.float32)
+        if edit is not None:  # edit(data, t): bad values, flat channels...
+            edit(self.data, t)
         info = pylsl.StreamInfo(self.name, "EEG", len(labels), declared, "float32", self.source_id)
         info.set_channel_labels(list(labels))
         self.outlet = pylsl.StreamOutlet(info, chunk_size=0, max_buffered=10)
@@ -393,6 +396,57 @@ def test_lost_stream_without_source_id_is_found_again(short_model):
     assert _n_decodes(3)(after), "the stream was not found again"
     assert min(m.window_first_lsl_s for m in _split(after)[0]) >= again.first_stamp
     assert bg.summary.reconnects == 1 and "1 reconnects" in bg.summary.describe()
+
+
+# -- 5. quality verdict -------------------------------------------------------------------
+
+
+def test_bad_windows_still_publish_at_the_steady_rate_and_say_why(short_model):
+    def edit(data, t):
+        data[:, (t >= 1.0) & (t < 1.2)] = np.nan  # repaired
+        data[0, (t >= 2.8) & (t < 2.9)] = 1e5  # out of range (and the filter rings)
+
+    # 30 ms of samples missing at 2.0 s: shorter than max_gap_ms, bridged.
+    sender = Sender(duration_s=3.6, jump_at_s=2.0, jump_s=0.03, edit=edit)
+    _, summary, decodes, statuses = _run(short_model, sender, 3.8)
+    assert [m.seq for m in decodes] == list(range(len(decodes))) and len(decodes) >= 10
+    ends = np.array([m.window_last_lsl_s for m in decodes])
+    steps = np.diff(ends) / (HOP_MS * 1e-3)
+    np.testing.assert_allclose(steps, np.round(steps), atol=0.4)  # on the hop grid
+    t0 = sender.first_stamp
+
+    def overlaps(m, lo, hi):  # the window holds samples pushed in [lo, hi) s
+        return m.window_first_lsl_s - t0 < hi and m.window_last_lsl_s - t0 >= lo
+
+    clean = [m for m in decodes if m.window_last_lsl_s - t0 < 0.95]
+    assert clean and all(m.valid and m.invalid_reason is None for m in clean)
+    repaired = [m for m in decodes if overlaps(m, 1.05, 1.15)]  # >= 10 % of the window
+    assert repaired, "no decode over the NaN burst (a stall on a loaded machine?)"
+    assert all(not m.valid and "repaired" in m.invalid_reason for m in repaired)
+    assert all(m.repaired_share > 0.01 for m in repaired)
+    # Repairs are counted per chunk (8 samples): a chunk's margin around the burst.
+    assert all(m.repaired_share == 0 for m in decodes if not overlaps(m, 0.95, 1.25))
+    gaps = [m for m in decodes if m.gap_in_window]
+    assert all(not m.valid and "missing" in m.invalid_reason for m in gaps)
+    assert all(overlaps(m, 1.99, 2.05) for m in gaps)
+    wild = [m for m in decodes if overlaps(m, 2.8, 2.9)]
+    assert all(m.out_of_range_channels >= 1 and not m.valid for m in wild)
+    assert gaps or wild  # at least one of them survived the machine's load
+    n_invalid = sum(not m.valid for m in decodes)
+    # Invalid decodes are published like the others, and counted.
+    assert summary.invalid_decodes == n_invalid and statuses[-1].invalid_decodes == n_invalid
+    assert "flagged invalid" in summary.describe()
+
+
+def test_flat_stream_is_invalid_not_confident(short_model):
+    def edit(data, t):
+        data[:] = 50.0  # every channel stuck at its offset
+
+    sender = Sender(duration_s=1.5, edit=edit)
+    _, _, decodes, _ = _run(short_model, sender, 1.8)
+    assert len(decodes) >= 5
+    assert all(not m.valid and m.flat_channels == 3 for m in decodes)
+    assert all("3 of 3 channels flat" in m.invalid_reason for m in decodes)
 
 
 # -- 4. start-up and signals ---------------------------------------------------------------

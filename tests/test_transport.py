@@ -140,7 +140,26 @@ def test_decode_payload_is_compact_json_with_the_documented_fields():
         "compute_ms": 4.25,
         "skipped_windows": 0,
         "extras": {},
+        "valid": True,
+        "repaired_share": 0.0,
+        "flat_channels": 0,
+        "out_of_range_channels": 0,
+        "gap_in_window": False,
+        "invalid_reason": None,
     }
+
+
+def test_quality_verdict_is_checked_and_round_trips():
+    bad = make_decode(valid=False, repaired_share=0.5, flat_channels=3, invalid_reason="3 flat")
+    assert decode(list(encode(bad))) == bad
+    with pytest.raises(ProtocolError, match="an invalid decode says why"):
+        make_decode(valid=False)
+    with pytest.raises(ProtocolError, match="an invalid decode says why"):
+        make_decode(invalid_reason="flat")
+    with pytest.raises(ProtocolError, match=r"repaired_share=1.5 must be in \[0, 1\]"):
+        make_decode(repaired_share=1.5)
+    with pytest.raises(ProtocolError, match="valid=1 must be a bool"):
+        make_decode(valid=1)
 
 
 @pytest.mark.parametrize("make", [make_decode, make_status])

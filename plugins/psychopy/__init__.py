@@ -50,6 +50,11 @@ class FeedbackFrame:
     age_clock : {"lsl", "receive"}
         ``"lsl"``: LSL time since the window's last sample (pylsl present, rtmoe on this
         machine); ``"receive"``: ``time.monotonic`` since it arrived (pylsl absent).
+    valid : bool
+        The newest decode's quality verdict (schema 1.2): an invalid decode (bad signal,
+        repaired or flat channels, missing samples) never moves ``value``; show it as
+        such, like a stale one. ``invalid_reason`` says why.
+    invalid_reason : str or None
     """
 
     value: float | None
@@ -59,6 +64,8 @@ class FeedbackFrame:
     stale: bool
     age_s: float | None
     age_clock: str
+    valid: bool = True
+    invalid_reason: str | None = None
 
 
 class DecodeFeedback:
@@ -112,11 +119,22 @@ class DecodeFeedback:
             age_s = self.subscriber.receive_age_s(msg)
         stale = age_s > self.max_age_s
         p = msg.probability(target_label)
-        if not stale and msg.seq != self._seq:  # smooth once per decode, not per frame
+        # Smooth once per decode, not per frame; an invalid decode is ignored.
+        if not stale and msg.valid and msg.seq != self._seq:
             a = self.smoothing if self._value is not None else 0.0
             self._value = a * self._value + (1.0 - a) * p if a else p
             self._seq = msg.seq
-        return FeedbackFrame(self._value, p, msg.seq, msg.label, stale, age_s, self.age_clock)
+        return FeedbackFrame(
+            self._value,
+            p,
+            msg.seq,
+            msg.label,
+            stale,
+            age_s,
+            self.age_clock,
+            msg.valid,
+            msg.invalid_reason,
+        )
 
     def close(self) -> None:
         """Stop receiving and close the socket."""
@@ -158,10 +176,10 @@ class BarView:
         self._cue = visual.TextStim(win, text="", pos=(0, max_height / 2 + 0.06), height=0.05)
 
     def draw(self, cue: str, frame: FeedbackFrame) -> None:
-        """Draw the cue text, the outline and the bar (grey while stale); no flip."""
+        """Draw the cue text, the outline and the bar (grey while stale or invalid); no flip."""
         self._cue.text = cue
         self._bar.height = self.max_height * (frame.value or 0.0)
-        self._bar.fillColor = "grey" if frame.stale else "limegreen"
+        self._bar.fillColor = "grey" if frame.stale or not frame.valid else "limegreen"
         self._frame.draw()
         self._bar.draw()
         self._cue.draw()

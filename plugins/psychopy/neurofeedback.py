@@ -3,7 +3,8 @@
 Each trial cues one class (cycling through the model's labels), sends the class label
 as an LSL marker at cue onset (the markers ``rtmoe calibrate`` epochs by), and for
 ``--trial-s`` seconds draws a bar whose height is the probability of that class in the
-newest fresh decode (grey while the decode is stale). Every frame is logged as one
+newest fresh, valid decode (grey while the decode is stale or flagged invalid by its
+quality verdict; invalid decodes never move the bar). Every frame is logged as one
 JSON line; a summary follows at the end.
 
 With PsychoPy installed it opens a window (Escape quits); ``--headless`` needs no
@@ -115,7 +116,7 @@ def _run(args, classes, feedback, markers, log, win, view) -> dict:
     frame_s = 1.0 / args.frame_rate
     start = time.monotonic()
     trial = -1
-    frames = stale_frames = 0
+    frames = stale_frames = invalid_frames = 0
     sent: list[str] = []
     seen_seqs: set[int] = set()
     while (now := time.monotonic()) - start < args.duration_s:
@@ -140,6 +141,7 @@ def _run(args, classes, feedback, markers, log, win, view) -> dict:
                 break
         frames += 1
         stale_frames += fb.stale
+        invalid_frames += not fb.valid
         if fb.seq is not None:
             seen_seqs.add(fb.seq)
         if log is not None:
@@ -155,6 +157,7 @@ def _run(args, classes, feedback, markers, log, win, view) -> dict:
                 "p": fb.probability,
                 "bar": bar,
                 "stale": fb.stale,
+                "valid": fb.valid,
                 "age_ms": None if fb.age_s is None else round(fb.age_s * 1000.0, 2),
                 "age_clock": fb.age_clock,
             }
@@ -166,6 +169,7 @@ def _run(args, classes, feedback, markers, log, win, view) -> dict:
         "event": "summary",
         "frames": frames,
         "stale_frames": stale_frames,
+        "invalid_frames": invalid_frames,
         "trials": trial + 1,
         "markers_sent": len(sent) if markers is not None else 0,
         "decodes_received": stats.decodes,

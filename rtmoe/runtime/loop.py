@@ -117,6 +117,8 @@ class RunSummary:
         Windows not decoded: wrong or unconfirmed stream, or a rate mismatch.
     reconnects : int
         Lost streams (without source_id) found again and reconnected.
+    invalid_decodes : int
+        Decodes published with ``valid`` False (repaired, flat, out-of-range, gaps).
     sfreq_mismatch : float or None
         The sender's clock rate where it departs from the declared one
         (`rtmoe.stream.lsl.LslSource.sfreq_mismatch`).
@@ -142,6 +144,7 @@ class RunSummary:
     stale_windows: int = 0
     refused_windows: int = 0
     reconnects: int = 0
+    invalid_decodes: int = 0
 
     def describe(self) -> str:
         return (
@@ -163,6 +166,7 @@ class RunSummary:
                 else ""
             )
             + (f"; {self.reconnects} reconnects" if self.reconnects else "")
+            + (f"; {self.invalid_decodes} decodes flagged invalid" if self.invalid_decodes else "")
             + (
                 f"; stream runs at {self.sfreq_mismatch:.2f} Hz, not its declared rate"
                 if self.sfreq_mismatch is not None
@@ -272,6 +276,7 @@ class Runtime:
         self.subject_id = subject_id or (profile.subject if profile is not None else None)
         self.decodes = self.skipped_windows = self.status_seq = 0
         self.nonfinite_outputs = self.stale_windows = self.refused_windows = 0
+        self.invalid_decodes = 0
         self.state = RuntimeState.WAITING
         self.error: StatusError | None = None
         self.error_detail: str | None = None
@@ -348,6 +353,15 @@ class Runtime:
         self.capacity = self.n_times + 2 * self.hop
         self.ring = RingBuffer(n_chans, self.capacity, self.device)
         self._stamps = np.zeros(self.capacity)
+        # Per output sample: input values repaired / read (chunk granularity), for the
+        # window's repaired share; where the newest bridged timestamp gap lies.
+        self._repaired = np.zeros(self.capacity)
+        self._read = np.zeros(self.capacity)
+        self._carry = [0.0, 0.0]  # repaired, read of chunks that produced no output yet
+        self._gap_span = (-1, -1)  # ring positions [lo, hi) holding the newest gap
+        self._unit_uv = sig.unit_uv
+        self._n_present = int(np.count_nonzero(np.asarray(index) >= 0))
+        self._n_segments = 0
         nperseg = welch_nperseg(self.n_times, self.sfreq, self.loaded.config.spectral)
         self.welch = SlidingWelch(n_chans, self.n_times, self.hop, self.sfreq, nperseg, self.device)
         self._x = torch.zeros((1, n_chans, self.n_times), device=self.device)
@@ -460,7 +474,13 @@ class Runtime:
         data, stamps = self.source.pull(wait_s)
         self._pending[0] += (time.perf_counter() - t0) * 1e3
         if stamps.size:
+            gaps_before, pushed_before = self.source.n_gaps, self.ring.n_pushed
+            segments_before = self._n_segments
             self._ingest(data, stamps)
+            if self.source.n_gaps != gaps_before and self._n_segments == segments_before:
+                # A bridged gap, somewhere in what this chunk produced (a longer one
+                # started a segment, and no window spans that).
+                self._gap_span = (pushed_before, self.ring.n_pushed)
             lag = self._clock() - self.source.last_timestamp
             if lag < self._lag_now:
                 self._lag_now = lag
@@ -512,6 +532,7 @@ class Runtime:
             stale_windows=self.stale_windows,
             refused_windows=self.refused_windows,
             reconnects=src.n_reconnects,
+            invalid_decodes=self.invalid_decodes,
         )
 
     def console_line(self) -> str:
@@ -554,25 +575,73 @@ class Runtime:
         self._last_stamp = float(stamps[-1])
 
     def _new_segment(self) -> None:
+        self._n_segments += 1
         self.preprocessor.reset()
         self._segment_start = self.ring.n_pushed
 
     def _push(self, data: np.ndarray, stamps: np.ndarray) -> None:
         t0 = time.perf_counter()
-        y, newest = self.preprocessor.process(data)
+        pre = self.preprocessor
+        repaired_before = pre.n_nonfinite
+        y, newest = pre.process(data)
         t1 = time.perf_counter()
+        self._carry[0] += pre.n_nonfinite - repaired_before
+        self._carry[1] += data.shape[1] * self._n_present
         m = y.shape[1]
         if m:
             self.ring.push(y)
             keep = min(m, self.capacity)
             pos = (self.ring.n_pushed - keep + np.arange(keep)) % self.capacity
             self._stamps[pos] = stamps[newest[m - keep :]]
+            self._repaired[pos] = self._carry[0] / m
+            self._read[pos] = self._carry[1] / m
+            self._carry = [0.0, 0.0]
         self._pending[1] += (t1 - t0) * 1e3
         self._pending[2] += (time.perf_counter() - t1) * 1e3
 
     def _first_valid_end(self) -> int:
         earliest = self._segment_start + self.n_times
         return -(-earliest // self.hop) * self.hop
+
+    def _ring_sum(self, values: np.ndarray, end: int) -> float:
+        """Sum of ``values`` over the window ending at ``end`` (ring positions)."""
+        i, n, cap = (end - self.n_times) % self.capacity, self.n_times, self.capacity
+        if i + n <= cap:
+            return float(values[i : i + n].sum())
+        return float(values[i:].sum() + values[: i + n - cap].sum())
+
+    def _quality(self, end: int, first: float, last: float) -> dict[str, Any]:
+        """The window's quality verdict (DecodeMessage's quality fields)."""
+        cfg = self.cfg
+        x = self._x[0]
+        stats = torch.stack((x.abs().amax(dim=1), x.std(dim=1))).cpu().numpy()
+        stats *= self._unit_uv
+        out_of_range = int(np.count_nonzero(~(stats[0] <= cfg.out_of_range_uv)))
+        flat = int(np.count_nonzero(stats[1] < cfg.flat_uv))
+        read = self._ring_sum(self._read, end)
+        share = min(1.0, self._ring_sum(self._repaired, end) / read) if read > 0 else 0.0
+        lo, hi = self._gap_span
+        gap = lo < end and hi > end - self.n_times
+        reasons = []
+        if share > cfg.max_repaired_share:
+            reasons.append(f"{share:.0%} of values repaired")
+        if out_of_range:
+            reasons.append(f"{out_of_range} channels beyond {cfg.out_of_range_uv:g} µV")
+        n_chans = stats.shape[1]
+        if 2 * flat > n_chans:
+            reasons.append(f"{flat} of {n_chans} channels flat")
+        if gap:
+            reasons.append("samples missing inside the window")
+        if reasons:
+            self.invalid_decodes += 1
+        return {
+            "valid": not reasons,
+            "repaired_share": share,
+            "flat_channels": flat,
+            "out_of_range_channels": out_of_range,
+            "gap_in_window": gap,
+            "invalid_reason": "; ".join(reasons) if reasons else None,
+        }
 
     def _stale(self, age_s: float) -> bool:
         """Whether a window whose newest sample is ``age_s`` old must not be published."""
@@ -606,7 +675,9 @@ class Runtime:
             self.stale_windows += 1
             self._last_end = end
             return False
+        valid_kw = self._quality(end, first, last)
         msg = DecodeMessage(
+            **valid_kw,
             seq=self.decodes,
             model_id=self.model_id,
             subject_id=self.subject_id,
@@ -721,6 +792,7 @@ class Runtime:
                 refused_windows=self.refused_windows,
                 error=self.error,
                 error_detail=self.error_detail,
+                invalid_decodes=self.invalid_decodes,
             )
         )
         self._beat_latency = [0.0, 0.0, 0]

@@ -98,6 +98,23 @@ class DecodeMessage:
         Outputs of the runtime's plugin stages (schema 1.1), e.g. ``{"decision":
         "left_hand", "evidence": 1.02}``; empty without plugins. Values are finite
         numbers or strings; keys are the stages' documented names.
+    valid : bool
+        The quality verdict (schema 1.2): False when the window is not fit to act on
+        (``invalid_reason`` says why); invalid windows are still published at the steady
+        rate, and a subscriber should ignore them.
+    repaired_share : float
+        Share in [0, 1] of the window's input values that were non-finite or absurd and
+        replaced by their channel's last good value (1.2).
+    flat_channels : int
+        Model channels flat over the window (dead electrode, zero-filled) (1.2).
+    out_of_range_channels : int
+        Model channels whose preprocessed signal leaves the plausible range in the
+        window (artefact, saturation, filter ringing after a burst) (1.2).
+    gap_in_window : bool
+        Samples are missing inside the window (a gap shorter than the continuity
+        limit, bridged) (1.2).
+    invalid_reason : str or None
+        Why ``valid`` is False, e.g. ``"3 of 3 channels flat"``; None when valid (1.2).
     """
 
     seq: int
@@ -114,8 +131,28 @@ class DecodeMessage:
     compute_ms: float
     skipped_windows: int = 0
     extras: Mapping[str, float | str] = field(default_factory=dict)
+    valid: bool = True
+    repaired_share: float = 0.0
+    flat_channels: int = 0
+    out_of_range_channels: int = 0
+    gap_in_window: bool = False
+    invalid_reason: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("valid", "gap_in_window"):
+            if not isinstance(getattr(self, name), bool):
+                raise ProtocolError(f"DecodeMessage.{name}={getattr(self, name)!r} must be a bool")
+        _set_counts(self, "flat_channels", "out_of_range_channels")
+        _set_finite(self, "repaired_share")
+        if not 0.0 <= self.repaired_share <= 1.0:
+            raise ProtocolError(
+                f"DecodeMessage.repaired_share={self.repaired_share} must be in [0, 1]"
+            )
+        if self.valid != (self.invalid_reason is None):
+            raise ProtocolError(
+                f"DecodeMessage.valid={self.valid} with invalid_reason="
+                f"{self.invalid_reason!r}; an invalid decode says why, a valid one has none"
+            )
         # Normalise numpy scalars/arrays to plain tuples and floats so that the message
         # is immutable and json can write it.
         labels = tuple(str(name) for name in self.labels)
@@ -225,6 +262,8 @@ class StatusMessage:
         Why the state is ``ERROR`` (``rate_mismatch``, ``stream_mismatch``); else None (1.2).
     error_detail : str or None
         A sentence naming what is wrong and what to do (1.2).
+    invalid_decodes : int
+        Decodes published with ``valid`` False (1.2).
     """
 
     seq: int
@@ -257,6 +296,7 @@ class StatusMessage:
     refused_windows: int = 0
     error: StatusError | str | None = None
     error_detail: str | None = None
+    invalid_decodes: int = 0
 
     def __post_init__(self) -> None:
         if self.error is not None:
@@ -268,6 +308,7 @@ class StatusMessage:
                     f"{[e.value for e in StatusError]} or None"
                 ) from None
         _set_counts(self, "continuity_resets", "stale_windows", "refused_windows")
+        _set_counts(self, "invalid_decodes")
         try:
             object.__setattr__(self, "state", RuntimeState(self.state))
         except ValueError:
@@ -323,6 +364,12 @@ def to_dict(msg: Message) -> dict[str, Any]:
             "compute_ms": msg.compute_ms,
             "skipped_windows": msg.skipped_windows,
             "extras": msg.extras,
+            "valid": msg.valid,
+            "repaired_share": msg.repaired_share,
+            "flat_channels": msg.flat_channels,
+            "out_of_range_channels": msg.out_of_range_channels,
+            "gap_in_window": msg.gap_in_window,
+            "invalid_reason": msg.invalid_reason,
         }
     if isinstance(msg, StatusMessage):
         data: dict[str, Any] = {"type": "status", "schema_version": SCHEMA_VERSION}
@@ -474,6 +521,10 @@ def _is_str(v: Any) -> bool:
     return isinstance(v, str)
 
 
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
 def _nullable(check):
     return lambda v: v is None or check(v)
 
@@ -519,6 +570,12 @@ _FIELD_TYPES: dict[type, dict[str, Any]] = {
         "compute_ms": _is_number,
         "skipped_windows": _is_int,
         "extras": lambda v: isinstance(v, dict) and all(map(_is_extra, v.values())),
+        "valid": _is_bool,
+        "repaired_share": _is_number,
+        "flat_channels": _is_int,
+        "out_of_range_channels": _is_int,
+        "gap_in_window": _is_bool,
+        "invalid_reason": _nullable(_is_str),
     },
     StatusMessage: {
         "seq": _is_int,
@@ -551,6 +608,7 @@ _FIELD_TYPES: dict[type, dict[str, Any]] = {
         "refused_windows": _is_int,
         "error": _nullable(_is_str),
         "error_detail": _nullable(_is_str),
+        "invalid_decodes": _is_int,
     },
 }
 # Every 1.0 field is required; fields added by a later 1.x are optional when reading (a
@@ -560,6 +618,8 @@ _OPTIONAL = frozenset(
         *("extras", "disabled_plugins", "nonfinite_values", "filled_channels"),  # 1.1
         *("sfreq_declared", "sfreq_clock", "timestamp_jitter_ms", "continuity_resets"),  # 1.2
         *("lag_ms", "stale_windows", "refused_windows", "error", "error_detail"),  # 1.2
+        *("valid", "repaired_share", "flat_channels", "out_of_range_channels"),  # 1.2
+        *("gap_in_window", "invalid_reason", "invalid_decodes"),  # 1.2
     }
 )
 _TOPICS = {TOPIC_DECODE: DecodeMessage, TOPIC_STATUS: StatusMessage}
