@@ -22,3 +22,7 @@ sys_info = LazyCommand(
     help="print versions of rtmoe and its libraries (liblsl, libzmq, CUDA), devices and engine",
     target="rtmoe.sysinfo:command",
 )
+view = LazyCommand(
+    help="show a running stream or demo live in a web browser (127.0.0.1)",
+    target="rtmoe.view.server:command",
+)

@@ -1,0 +1,421 @@
+// rtmoe view: the live page. No dependencies: EventSource for the data, canvas for drawing.
+//
+// The server (rtmoe/view/server.py) forwards the runtime's ZeroMQ messages unchanged as
+// Server-Sent Events: "snapshot" (recent decodes and the newest status, on every
+// (re)connection), "decode", "status", and "view" (the server's own counters). Fields are
+// those of docs/protocol.md; a field this page does not know is still listed in the
+// status table. What is shown is also written into data attributes of #live (seq,
+// probabilities, state, ...) so that a test can read it back from the DOM.
+"use strict";
+(() => {
+  const params = new URLSearchParams(location.search);
+  const HOLD = params.get("hold"); // test hook: delays the page's load event (server.py)
+  const REPORT = params.get("report") === "1"; // test hook: post what is shown
+  const DRAW_MS = 50; // 20 redraws a second
+  const HEARTBEAT_LOST_S = 3; // protocol.md: no status for 3 s means the runtime is gone
+  const LATENCY_KEEP = 600; // decodes in the latency histogram (1 min at 10 Hz)
+  const COLORS = ["#58a6ff", "#f78166", "#3fb950", "#d2a8ff", "#e3b341", "#39c5cf",
+                  "#ff7eb6", "#a5d6ff", "#ffa657", "#7ee787"];
+  const $ = (id) => document.getElementById(id);
+  const live = $("live");
+
+  if (HOLD) {
+    const img = document.createElement("img");
+    img.hidden = true;
+    img.alt = "";
+    img.src = "/hold?name=" + encodeURIComponent(HOLD);
+    document.body.appendChild(img);
+  }
+
+  const S = {
+    historyS: 30,
+    t: [], probs: [], gates: [], // per decode, oldest first
+    labels: [], gateNames: [],
+    latency: [], compute: [],
+    last: null, // newest decode
+    status: null, statusAt: 0, // newest status and performance.now() at receipt
+    view: null,
+    clockLsl: null, clockAt: 0, // newest LSL time seen and performance.now() then
+    liveUpdates: 0, firstLiveSeq: null, draws: 0, points: 0,
+    states: [], stateChangedMs: null, shownState: null,
+    connected: false, dirty: true,
+  };
+
+  function reset() {
+    S.t = []; S.probs = []; S.gates = []; S.latency = []; S.compute = [];
+    S.last = null; S.clockLsl = null; S.dirty = true;
+  }
+
+  function seeLsl(t) {
+    if (typeof t === "number" && (S.clockLsl === null || t >= S.clockLsl)) {
+      S.clockLsl = t;
+      S.clockAt = performance.now();
+    }
+  }
+
+  function nowLsl() {
+    if (S.clockLsl === null) return null;
+    // between messages the axis keeps moving, for at most 1.5 s (then it stops: no data)
+    return S.clockLsl + Math.min((performance.now() - S.clockAt) / 1000, 1.5);
+  }
+
+  function addDecode(d, isLive) {
+    if (S.last && d.seq <= S.last.seq) reset(); // a restarted runtime
+    if (d.labels.join("\u0000") !== S.labels.join("\u0000")) {
+      S.labels = d.labels.slice(); reset(); legend("probs-legend", S.labels);
+    }
+    const gateNames = Object.keys(d.gates || {});
+    if (gateNames.join("\u0000") !== S.gateNames.join("\u0000")) {
+      S.gateNames = gateNames; legend("gates-legend", gateNames);
+    }
+    S.t.push(d.window_last_lsl_s);
+    S.probs.push(d.probabilities);
+    S.gates.push(S.gateNames.map((k) => d.gates[k]));
+    S.latency.push(d.latency_ms);
+    S.compute.push(d.compute_ms);
+    if (S.latency.length > LATENCY_KEEP) { S.latency.shift(); S.compute.shift(); }
+    const oldest = d.window_last_lsl_s - S.historyS - 2;
+    let cut = 0;
+    while (cut < S.t.length && S.t[cut] < oldest) cut++;
+    if (cut) { S.t.splice(0, cut); S.probs.splice(0, cut); S.gates.splice(0, cut); }
+    S.last = d;
+    seeLsl(d.window_last_lsl_s);
+    if (isLive) {
+      S.liveUpdates++;
+      if (S.firstLiveSeq === null) S.firstLiveSeq = d.seq;
+    }
+    S.dirty = true;
+  }
+
+  function setStatus(st) {
+    S.status = st;
+    S.statusAt = performance.now();
+    seeLsl(st.published_lsl_s);
+    S.dirty = true;
+    renderStatus();
+  }
+
+  // -- event stream ---------------------------------------------------------------------
+  const es = new EventSource("/events");
+  es.onopen = () => { S.connected = true; S.dirty = true; };
+  es.onerror = () => { S.connected = false; S.dirty = true; };
+  es.addEventListener("snapshot", (e) => {
+    const snap = JSON.parse(e.data);
+    reset();
+    if (snap.view) setView(snap.view);
+    for (const d of snap.decodes) addDecode(d, false);
+    if (snap.status) setStatus(snap.status);
+  });
+  es.addEventListener("decode", (e) => addDecode(JSON.parse(e.data), true));
+  es.addEventListener("status", (e) => setStatus(JSON.parse(e.data)));
+  es.addEventListener("view", (e) => setView(JSON.parse(e.data)));
+
+  function setView(v) {
+    S.view = v;
+    if (v.history_s && v.history_s !== S.historyS) {
+      S.historyS = v.history_s;
+      for (const el of document.querySelectorAll(".history-s")) el.textContent = String(v.history_s);
+    }
+    S.dirty = true;
+  }
+
+  // -- drawing --------------------------------------------------------------------------
+  function legend(id, names) {
+    const box = $(id);
+    box.textContent = "";
+    names.forEach((name, i) => {
+      const span = document.createElement("span");
+      const sw = document.createElement("i");
+      sw.style.background = COLORS[i % COLORS.length];
+      span.append(sw, name);
+      box.append(span);
+    });
+  }
+
+  function ctx2d(canvas) {
+    const dpr = window.devicePixelRatio || 1;
+    const w = Math.max(1, Math.round(canvas.clientWidth * dpr));
+    const h = Math.max(1, Math.round(canvas.clientHeight * dpr));
+    if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, w, h);
+    return { ctx, w: w / dpr, h: h / dpr };
+  }
+
+  const PAD = { l: 42, r: 14, t: 8, b: 18 };
+
+  function axes(ctx, w, h, y0, y1, yFmt, t1) {
+    ctx.strokeStyle = "#2a3540";
+    ctx.fillStyle = "#8b98a5";
+    ctx.lineWidth = 1;
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.textAlign = "right";
+    ctx.textBaseline = "middle";
+    for (let k = 0; k <= 4; k++) {
+      const v = y0 + ((y1 - y0) * k) / 4;
+      const y = PAD.t + (h - PAD.t - PAD.b) * (1 - k / 4);
+      ctx.beginPath(); ctx.moveTo(PAD.l, y); ctx.lineTo(w - PAD.r, y); ctx.stroke();
+      ctx.fillText(yFmt(v), PAD.l - 4, y);
+    }
+    ctx.textAlign = "center";
+    ctx.textBaseline = "top";
+    const span = S.historyS;
+    const step = span > 20 ? 10 : span > 8 ? 5 : span > 3 ? 2 : 1;
+    for (let s = 0; s <= span + 1e-9; s += step) {
+      const x = PAD.l + (w - PAD.l - PAD.r) * (1 - s / span);
+      ctx.fillText(s === 0 ? "now" : `-${s} s`, x, h - PAD.b + 3);
+    }
+    return t1;
+  }
+
+  // One line per series; a hole longer than 1 s (a stall, a restart) breaks the line.
+  function drawSeries(canvas, rows, n, y0, y1, yFmt) {
+    const { ctx, w, h } = ctx2d(canvas);
+    const t1 = nowLsl();
+    axes(ctx, w, h, y0, y1, yFmt, t1);
+    if (t1 === null || !S.t.length) return 0;
+    const t0 = t1 - S.historyS;
+    const X = (t) => PAD.l + ((t - t0) / S.historyS) * (w - PAD.l - PAD.r);
+    const Y = (v) => PAD.t + (1 - (v - y0) / (y1 - y0)) * (h - PAD.t - PAD.b);
+    let start = 0;
+    while (start < S.t.length && S.t[start] < t0) start++;
+    let points = 0;
+    ctx.lineWidth = 1.6;
+    ctx.save();
+    ctx.beginPath(); ctx.rect(PAD.l, 0, w - PAD.l - PAD.r, h); ctx.clip();
+    for (let k = 0; k < n; k++) {
+      ctx.strokeStyle = COLORS[k % COLORS.length];
+      ctx.beginPath();
+      let prev = null;
+      for (let i = Math.max(0, start - 1); i < S.t.length; i++) {
+        const v = rows[i][k];
+        if (typeof v !== "number") { prev = null; continue; }
+        const x = X(S.t[i]), y = Y(v);
+        if (prev === null || S.t[i] - prev > 1.0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+        prev = S.t[i];
+        points++;
+      }
+      ctx.stroke();
+    }
+    ctx.restore();
+    return points;
+  }
+
+  function quantile(sorted, q) {
+    if (!sorted.length) return null;
+    const pos = (sorted.length - 1) * q, lo = Math.floor(pos), hi = Math.ceil(pos);
+    return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
+  }
+
+  function niceMax(v) {
+    const m = Math.pow(10, Math.floor(Math.log10(Math.max(v, 1e-3))));
+    for (const f of [1, 2, 2.5, 5, 10]) if (f * m >= v) return f * m;
+    return 10 * m;
+  }
+
+  function drawLatency() {
+    const { ctx, w, h } = ctx2d($("latency"));
+    const sorted = S.latency.slice().sort((a, b) => a - b);
+    const p50 = quantile(sorted, 0.5), p99 = quantile(sorted, 0.99);
+    const c50 = quantile(S.compute.slice().sort((a, b) => a - b), 0.5);
+    const fmt = (v) => (v === null ? "–" : v.toFixed(1));
+    $("p50").textContent = fmt(p50);
+    $("p99").textContent = fmt(p99);
+    $("compute").textContent = fmt(c50);
+    live.dataset.p50 = p50 === null ? "" : String(p50);
+    live.dataset.p99 = p99 === null ? "" : String(p99);
+    live.dataset.latencyCount = String(sorted.length);
+    if (!sorted.length) return;
+    const lo = Math.min(0, sorted[0]);
+    const hi = niceMax(Math.max(10, sorted[sorted.length - 1], p99 * 1.25));
+    const nBins = 30, counts = new Array(nBins).fill(0);
+    for (const v of sorted) {
+      counts[Math.min(nBins - 1, Math.max(0, Math.floor(((v - lo) / (hi - lo)) * nBins)))]++;
+    }
+    const top = Math.max(...counts);
+    const pw = w - PAD.l - PAD.r, ph = h - PAD.t - PAD.b;
+    ctx.fillStyle = "#58a6ff";
+    counts.forEach((c, i) => {
+      const bh = (c / top) * ph;
+      ctx.fillRect(PAD.l + (i * pw) / nBins + 0.5, PAD.t + ph - bh, pw / nBins - 1, bh);
+    });
+    ctx.fillStyle = "#8b98a5";
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.textBaseline = "top";
+    ctx.textAlign = "center";
+    for (let k = 0; k <= 4; k++) {
+      const v = lo + ((hi - lo) * k) / 4;
+      ctx.fillText(`${+v.toFixed(1)}`, PAD.l + (pw * k) / 4, h - PAD.b + 3);
+    }
+    ctx.textAlign = "right";
+    ctx.textBaseline = "middle";
+    ctx.fillText(String(top), PAD.l - 4, PAD.t);
+    ctx.fillText("0", PAD.l - 4, PAD.t + ph);
+    for (const [v, name, color] of [[p50, "p50", "#3fb950"], [p99, "p99", "#f78166"]]) {
+      const x = PAD.l + ((v - lo) / (hi - lo)) * pw;
+      ctx.strokeStyle = color;
+      ctx.lineWidth = 1.5;
+      ctx.beginPath(); ctx.moveTo(x, PAD.t); ctx.lineTo(x, PAD.t + ph); ctx.stroke();
+      ctx.fillStyle = color;
+      ctx.textAlign = "left";
+      ctx.fillText(name, x + 3, PAD.t + 8 + (name === "p99" ? 12 : 0));
+    }
+  }
+
+  function drawGates() {
+    let lo = Infinity, hi = -Infinity;
+    for (const row of S.gates) for (const v of row) { if (v < lo) lo = v; if (v > hi) hi = v; }
+    if (!(hi >= lo)) { lo = 0; hi = 1; }
+    const pad = Math.max((hi - lo) * 0.1, 0.01);
+    lo = Math.max(0, lo - pad); hi = Math.min(1, hi + pad);
+    if (hi - lo < 0.02) hi = Math.min(1, lo + 0.02);
+    drawSeries($("gates"), S.gates, S.gateNames.length, lo, hi, (v) => v.toFixed(3));
+  }
+
+  function pct(v) { return `${Math.round(v * 100)}%`; }
+
+  function renderDecision() {
+    const d = S.last;
+    if (!d) return;
+    const p = d.probabilities[d.labels.indexOf(d.label)];
+    $("label").textContent = d.label;
+    $("prob").textContent = `p = ${p.toFixed(2)}`;
+    $("seq").textContent = `#${d.seq}`;
+    const v = $("validity");
+    if (d.valid === false) {
+      v.textContent = `not valid: ${d.invalid_reason || "?"}`;
+      v.className = "bad";
+    } else { v.textContent = ""; v.className = ""; }
+    live.dataset.seq = String(d.seq);
+    live.dataset.label = d.label;
+    live.dataset.labels = JSON.stringify(d.labels);
+    live.dataset.probabilities = JSON.stringify(d.probabilities);
+    live.dataset.gates = JSON.stringify(d.gates);
+    live.dataset.latencyMs = String(d.latency_ms);
+    live.dataset.valid = String(d.valid !== false);
+  }
+
+  function shownState() {
+    if (!S.connected) return "OFFLINE";
+    if (!S.status) return "CONNECTING";
+    if ((performance.now() - S.statusAt) / 1000 > HEARTBEAT_LOST_S) return "GONE";
+    return S.status.state;
+  }
+
+  function renderHeader() {
+    const state = shownState();
+    const el = $("state");
+    el.textContent = state;
+    el.className = state;
+    el.title = state === "GONE" ? `no heartbeat for over ${HEARTBEAT_LOST_S} s` : "";
+    if (state !== S.shownState) {
+      S.shownState = state;
+      S.states.push(state);
+      if (S.states.length > 50) S.states.shift();
+      S.stateChangedMs = Date.now();
+      live.dataset.state = state;
+      live.dataset.states = S.states.join(",");
+      live.dataset.stateChangedMs = String(S.stateChangedMs);
+    }
+    const v = S.view;
+    const link = $("link");
+    if (!S.connected) link.textContent = "view server unreachable (retrying)";
+    else if (v) {
+      const age = S.status ? ((performance.now() - S.statusAt) / 1000).toFixed(1) : "–";
+      link.textContent = `${v.zmq_address} · last status ${age} s ago`
+        + (v.bad_messages ? ` · ${v.bad_messages} refused (${v.last_error})` : "");
+    }
+    const st = S.status;
+    const box = $("errorbox");
+    if (st && (st.error || st.error_detail)) {
+      box.style.display = "block";
+      box.textContent = `${st.error || "error"}: ${st.error_detail || ""}`;
+    } else if (state === "GONE") {
+      box.style.display = "block";
+      box.textContent = `no status from ${v ? v.zmq_address : "the runtime"} for over `
+        + `${HEARTBEAT_LOST_S} s: rtmoe stopped or is unreachable`;
+    } else box.style.display = "none";
+  }
+
+  const ORDER = ["state", "error", "error_detail", "sfreq", "sfreq_declared", "sfreq_clock",
+    "sfreq_effective", "timestamp_jitter_ms", "lag_ms", "samples_received", "dropped_samples",
+    "gaps", "continuity_resets", "nonfinite_values", "filled_channels", "disabled_plugins",
+    "decodes", "invalid_decodes", "skipped_windows", "stale_windows", "refused_windows",
+    "publish_drops", "latency_ms_mean", "latency_ms_max", "last_sample_lsl_s",
+    "published_lsl_s", "uptime_s", "seq"];
+  const SKIP = new Set(["type", "schema_version", "model_id", "subject_id", "rtmoe_version"]);
+  const WARN_IF_NONZERO = new Set(["dropped_samples", "gaps", "continuity_resets",
+    "nonfinite_values", "invalid_decodes", "skipped_windows", "stale_windows",
+    "refused_windows", "publish_drops"]);
+
+  function fmtValue(v) {
+    if (v === null || v === undefined) return "–";
+    if (Array.isArray(v)) return v.length ? v.join(", ") : "none";
+    if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(v > 1000 ? 3 : 2);
+    if (typeof v === "object") return JSON.stringify(v);
+    return String(v);
+  }
+
+  function renderStatus() {
+    const st = S.status;
+    $("model").textContent = st.model_id;
+    $("subject").textContent = st.subject_id === null ? "none" : st.subject_id;
+    $("version").textContent = `${st.rtmoe_version} (schema ${st.schema_version})`;
+    $("uptime").textContent = `${Math.round(st.uptime_s)} s`;
+    const r = (v) => (typeof v === "number" ? v.toFixed(2) : "–");
+    $("rate").textContent = `declared ${r(st.sfreq_declared)} · clock ${r(st.sfreq_clock)} · `
+      + `seen ${r(st.sfreq_effective)} Hz (model ${r(st.sfreq)})`;
+    $("skipped").textContent = fmtValue(st.skipped_windows);
+    $("drops").textContent = fmtValue(st.publish_drops);
+    $("holes").textContent = S.view ? fmtValue(S.view.seq_holes) : "–";
+    const keys = ORDER.filter((k) => k in st)
+      .concat(Object.keys(st).filter((k) => !ORDER.includes(k) && !SKIP.has(k)));
+    const body = document.createElement("tbody");
+    for (const k of keys) {
+      const tr = document.createElement("tr");
+      const name = document.createElement("td");
+      const value = document.createElement("td");
+      name.textContent = k;
+      value.textContent = fmtValue(st[k]);
+      if (WARN_IF_NONZERO.has(k) && st[k]) value.className = "warn";
+      if ((k === "state" && st[k] !== "RUNNING") || (k === "error" && st[k])) value.className = "bad";
+      if (k === "sfreq_clock" && typeof st.sfreq_declared === "number" && typeof st[k] === "number"
+          && Math.abs(st[k] / st.sfreq_declared - 1) > 0.01) value.className = "bad";
+      tr.append(name, value);
+      body.append(tr);
+    }
+    $("status-table").replaceChildren(body);
+    live.dataset.statusSeq = String(st.seq);
+    live.dataset.statusState = st.state;
+  }
+
+  function draw() {
+    if (document.hidden) return;
+    renderHeader();
+    // the time axes move with LSL time: redraw every tick while messages arrive
+    const moving = S.clockLsl !== null && performance.now() - S.clockAt < 1600;
+    if (!S.dirty && !moving) return;
+    if (S.dirty) renderDecision();
+    S.points = drawSeries($("probs"), S.probs, S.labels.length, 0, 1, pct);
+    drawGates();
+    if (S.dirty) drawLatency();
+    S.dirty = false;
+    S.draws++;
+    live.dataset.draws = String(S.draws);
+    live.dataset.points = String(S.points);
+    live.dataset.liveUpdates = String(S.liveUpdates);
+    live.dataset.firstLiveSeq = S.firstLiveSeq === null ? "" : String(S.firstLiveSeq);
+  }
+
+  setInterval(draw, DRAW_MS);
+  draw();
+
+  if (REPORT) {
+    setInterval(() => {
+      const body = JSON.stringify(Object.assign({ hold: HOLD }, live.dataset));
+      fetch("/report", { method: "POST", body, headers: { "Content-Type": "application/json" } })
+        .catch(() => {});
+    }, 200);
+  }
+})();
