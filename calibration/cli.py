@@ -24,7 +24,7 @@ from rtmoe.calibration.quality import format_report, quality_report
 from rtmoe.calibration.record import TrialCounter, record_lsl, record_replay
 from rtmoe.calibration.session import Session, SessionError, read_meta, read_session
 from rtmoe.cli import Command, UserError
-from rtmoe.config import RuntimeConfig
+from rtmoe.config import RuntimeConfig, add_config_arguments, config_from_args
 from rtmoe.models.specmoe import LoadedSpecMoE
 from rtmoe.profiles import (
     check_subject,
@@ -85,6 +85,8 @@ def _add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     fit.add_argument("--reject-uv", type=float, help="reject windows of this peak-to-peak (µV)")
     fit.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    # [runtime]: the stream resolve timeout, the gap that splits trials, --fill.
+    add_config_arguments(parser, sections=("runtime",), flags={"fill": "runtime.fill"})
 
 
 def _load_base(ref: str) -> tuple[LoadedSpecMoE, str]:
@@ -195,7 +197,9 @@ def _open_session(
     return session
 
 
-def _record(args, base, class_map, labels, index_fn, root: Path, extra: dict) -> Path:
+def _record(
+    args, base, class_map, labels, index_fn, root: Path, extra: dict, runtime: RuntimeConfig
+) -> Path:
     """Record (or import) into a session; returns its folder. Ctrl-C propagates."""
     from rtmoe.stream.lsl import LslError, LslSource, resolve_stream
 
@@ -226,7 +230,7 @@ def _record(args, base, class_map, labels, index_fn, root: Path, extra: dict) ->
             "SESSION (a recorded session folder, refitted without a stream)"
         )
     query = {"name": args.markers} if args.markers else {"type": "Markers"}
-    timeout_s = RuntimeConfig().resolve_timeout_s
+    timeout_s = runtime.resolve_timeout_s
     try:
         eeg_info = resolve_stream(name=args.lsl, timeout_s=timeout_s)
     except LslError as err:
@@ -307,6 +311,7 @@ def _record(args, base, class_map, labels, index_fn, root: Path, extra: dict) ->
 def _run_calibrate(args: argparse.Namespace) -> int:
     from rtmoe.signal.channels import map_channels
 
+    runtime = config_from_args(args).runtime  # --config/--set/--fill, before anything loads
     check_subject(args.subject)
     if args.from_file is not None and args.lsl is not None:
         raise UserError("give one source: --lsl NAME or --from FILE, not both")
@@ -353,7 +358,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
                 flush=True,
             )
         else:
-            session_path = _record(args, base, class_map, labels, index_fn, root, extra)
+            session_path = _record(args, base, class_map, labels, index_fn, root, extra, runtime)
     except KeyboardInterrupt:
         print(
             "\ninterrupted: everything recorded is kept; run the same command again to "
@@ -362,7 +367,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         )
         return 130
     rec = read_session(session_path)
-    max_gap_s = RuntimeConfig().max_gap_ms * 1e-3
+    max_gap_s = runtime.max_gap_ms * 1e-3
     index = index_holder["index"]
     trials = epoch_recording(
         rec, index, sig, task.n_times, class_map, labels,

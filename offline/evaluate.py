@@ -10,6 +10,7 @@ confusion matrix and the mean gate activation of every expert for every true cla
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,14 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from rtmoe.cli import Command
+from rtmoe.config import Config, ConfigError, add_config_arguments, config_from_args
+from rtmoe.metrics import classification_metrics, confusion_matrix, regression_metrics
+from rtmoe.models.shipped import load_model
+from rtmoe.models.specmoe import LoadedSpecMoE, TaskConfig
 from rtmoe.offline import commands as offline_commands
 from rtmoe.offline.data import add_data_arguments, load_trials
 from rtmoe.offline.finetune import predict
-from rtmoe.metrics import classification_metrics, confusion_matrix, regression_metrics
-
-from rtmoe.cli import Command
-from rtmoe.models.shipped import load_model
-from rtmoe.models.specmoe import LoadedSpecMoE, TaskConfig
 from rtmoe.signal import map_channels, preprocess_trials
 
 
@@ -212,13 +214,37 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, help="folder for metrics.json and the PNGs (default: beside --model)"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_config_arguments(
+        parser,
+        sections=("signal",),
+        config_help="TOML whose [signal] (filters) replaces the checkpoint's, field by field "
+        "(an ablation: the model was trained with its own)",
+    )
+
+
+def _checkpoint_signal(model: LoadedSpecMoE):
+    """The tree evaluated with: the checkpoint's; [signal] filters may differ, not the
+    rate or the unit the model was trained at."""
+
+    def check(cfg: Config) -> Config:
+        for name in ("sfreq", "unit_uv"):
+            ours, theirs = getattr(cfg.signal, name), getattr(model.config.signal, name)
+            if ours != theirs:
+                raise ConfigError(
+                    f"signal.{name}={ours} differs from the checkpoint's {theirs}; the model "
+                    f"only takes inputs at that value: leave signal.{name} out"
+                )
+        return cfg
+
+    return check
 
 
 def _run(args: argparse.Namespace) -> int:
+    loaded = load_model(str(args.model), args.device)  # a shipped name or a folder
+    tree = config_from_args(args, base=loaded.config, finish=_checkpoint_signal(loaded))
+    loaded = dataclasses.replace(loaded, config=tree)
     trials, _ = load_trials(args.dataset, args.data, args.split)
-    result = evaluate(
-        args.model, trials.X, trials.y, trials.sfreq, trials.ch_names, device=args.device
-    )
+    result = evaluate(loaded, trials.X, trials.y, trials.sfreq, trials.ch_names, device=args.device)
     tag = f"{trials.name}-{args.split}" if args.dataset else trials.name
     out = args.out or args.model.parent / f"{args.model.name}-eval-{tag}"
     out.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,16 @@ from rtmoe.checkpoint import (
     load_checkpoint,
 )
 from rtmoe.cli import Command, UserError
-from rtmoe.config import Config, FinetuneConfig, MoEConfig, SignalConfig, load_config
-from rtmoe.models.registry import load_expert, model_config
+from rtmoe.config import (
+    Config,
+    FinetuneConfig,
+    MoEConfig,
+    SignalConfig,
+    add_config_arguments,
+    config_from_args,
+    load_config,
+)
+from rtmoe.models.registry import MODEL_SIZES, load_expert, model_config
 from rtmoe.models.spechinet import SpecHiNet
 from rtmoe.models.specmoe import (
     SPECMOE_KIND,
@@ -521,7 +529,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     ft, moe = recipe.finetune, recipe.moe
     parser.description = (
         "Fine-tune SpecMoE on labelled trials. Every default is the shipped recipe "
-        f"({recipe_path().name}): --config replaces it whole, options override single values."
+        f"({recipe_path().name}): --config FILE replaces the sections and fields it names, "
+        "options and --set override single values."
     )
     add_data_arguments(parser, "train")
     parser.add_argument("--labels", type=Path, help="label file: one class name per line")
@@ -533,13 +542,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-name",
         help=f"expert size without --experts (from scratch); default: --config's "
         f"[model] name ({recipe.model.name})",
-    )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=recipe_path(),
-        help="TOML whose [signal], [model], [moe] and [finetune] give the defaults "
-        "(sections it lacks: the built-in defaults); default: the shipped recipe %(default)s",
     )
     for name, value in (
         ("l-freq", recipe.signal.l_freq),
@@ -599,52 +601,82 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="default: %(default)s",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_arguments(
+        parser,
+        sections=FINETUNE_SECTIONS,
+        flags=FINETUNE_FLAGS,
+        show_defaults=False,
+        config_help="TOML with any subset of [signal], [model], [moe] and [finetune], over the "
+        f"shipped recipe {recipe_path()} (a whole recipe replaces it)",
+    )
+
+
+#: What `rtmoe finetune` reads of the tree ([model]: its size name; with --experts theirs).
+FINETUNE_SECTIONS = ("signal", "model", "moe", "finetune")
+#: Its flags that set one field each (dest → field).
+FINETUNE_FLAGS = {
+    "l_freq": "signal.l_freq",
+    "h_freq": "signal.h_freq",
+    "notch_freq": "signal.notch_freq",
+    "model_name": "model.name",
+    "epochs": "finetune.epochs",
+    "lr": "finetune.lr",
+    "batch_size": "finetune.batch_size",
+    "val_fraction": "finetune.val_fraction",
+    "seed": "finetune.seed",
+    "freeze_epochs": "finetune.freeze_epochs",
+    "early_stop": "finetune.early_stop_patience",
+    "max_minutes": "finetune.max_minutes",
+    "n_experts": "moe.n_experts",
+    "channel_pool": "moe.channel_pool",
+}
+
+
+def resolve_finetune_config(args: argparse.Namespace) -> Config:
+    """The recipe < --config < options < --set, as `rtmoe finetune` runs it.
+
+    Fresh experts (no --experts) start from ``freeze_epochs = 0`` (nothing to keep frozen)
+    unless --config, --freeze-epochs or --set names it.
+    """
+    for text in args.set:
+        if text.startswith("model.") and not text.startswith("model.name="):
+            raise UserError(
+                f"--set {text}: rtmoe finetune reads only model.name of [model] (a size: "
+                f"{', '.join(MODEL_SIZES)}); with --experts their own [model] is used"
+            )
+    base = load_config(recipe_path())
+    if not args.experts:
+        base = base.replace(finetune={"freeze_epochs": 0})
+    extra = {"moe.use_psd_gate": False} if args.no_psd_gate else {}
+
+    def sized(cfg: Config) -> Config:  # fresh experts are built from the size name
+        return cfg if args.experts else cfg.replace(model=model_config(cfg.model.name))
+
+    return config_from_args(
+        args,
+        base=base,
+        flags=extra,
+        flag_names={"moe.use_psd_gate": "--no-psd-gate"},
+        finish=sized,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
+    model_name_given = args.model_name
+    tree = resolve_finetune_config(args)  # before the data loads; --print-config exits here
     trials, labels = load_trials(args.dataset, args.data, args.split, args.labels)
-    base = load_config(args.config)
-    # Only the filter options given on the command line override (None = "none").
-    overrides = {f: getattr(args, f) for f in ("l_freq", "h_freq", "notch_freq") if f in args}
-    signal = dataclasses.replace(base.signal, **overrides)
-    signal.validate()
+    signal, cfg, moe = tree.signal, tree.finetune, tree.moe
     check_filters_below_nyquist(signal, trials.sfreq)
-    model_name = args.model_name or base.model.name
+    model_name = tree.model.name
     if args.experts:
         _, expert_config = load_experts(args.experts)
-        if args.model_name is not None and expert_config.model.name != args.model_name:
+        if model_name_given is not None and expert_config.model.name != model_name_given:
             raise UserError(
-                f"--model-name {args.model_name} but the --experts are size "
+                f"--model-name {model_name_given} but the --experts are size "
                 f"{expert_config.model.name!r}; drop --model-name or pass experts of that size"
             )
-    ft = base.finetune
-
-    def given(name: str, default: Any) -> Any:
-        value = getattr(args, name, None)
-        return default if value is None else value
-
-    freeze = args.freeze_epochs
-    if freeze is None:
-        freeze = ft.freeze_epochs if args.experts else 0  # fresh experts: nothing to keep
-    cfg = dataclasses.replace(
-        ft,
-        lr=given("lr", ft.lr),
-        epochs=given("epochs", ft.epochs),
-        batch_size=given("batch_size", ft.batch_size),
-        freeze_epochs=freeze,
-        val_fraction=given("val_fraction", ft.val_fraction),
-        early_stop_patience=getattr(args, "early_stop", ft.early_stop_patience),
-        max_minutes=getattr(args, "max_minutes", ft.max_minutes),
-        seed=given("seed", ft.seed),
-    )
-    cfg.validate()
-    moe = dataclasses.replace(
-        base.moe,
-        n_experts=given("n_experts", base.moe.n_experts),
-        use_psd_gate=base.moe.use_psd_gate and not args.no_psd_gate,
-        channel_pool=given("channel_pool", base.moe.channel_pool),
-    )
-    print(f"filters: {describe_filters(signal)} (from {args.config.name} and options)")
+    source = args.config.name if args.config else recipe_path().name
+    print(f"filters: {describe_filters(signal)} (from {source} and options)")
     result = finetune(
         trials.X,
         trials.y,

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rtmoe.offline import commands as offline_commands
-from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
 
 from rtmoe.cli import Command, UserError
-from rtmoe.config import Config
+from rtmoe.config import add_config_arguments, config_from_args
 from rtmoe.dsp.masking import KINDS, TF, TIME, MaskDraw, spectral_mask
 from rtmoe.dsp.spectral import stft, stft_freqs, stft_params
+from rtmoe.offline import commands as offline_commands
+from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
 from rtmoe.signal import preprocess_trials
 
 
@@ -128,10 +128,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chan", type=int, default=0, help="channel to draw")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mask draw")
     parser.add_argument("--out", type=Path, default=Path("mask-preview.png"), metavar="PNG")
+    add_config_arguments(parser, sections=("signal", "spectral", "mask"))
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = Config().validate()
+    cfg = config_from_args(args)
     trials = load_dev_split(args.dataset, "train")
     n_trials, n_chans, _ = trials.X.shape
     if not 0 <= args.index < n_trials:

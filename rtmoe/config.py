@@ -14,7 +14,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -651,8 +651,8 @@ def resolve_config(
         TOML file with any subset of the sections (``--config``); its fields replace the
         base's, the others stay.
     flags : mapping, optional
-        ``{"section.field": value}`` from the command's own flags; ``None`` values (a flag
-        not given) are skipped.
+        ``{"section.field": value}`` from the command's own flags, only those given (a
+        ``None`` sets the field to None: ``--h-freq none``).
     overrides : sequence of str
         ``--set`` arguments, ``"section.field=value"``; the last of a key wins.
     flag_names : mapping, optional
@@ -684,10 +684,11 @@ def resolve_config(
                 updates[f"{section}.{name}"] = value
                 origin[f"{section}.{name}"] = f"--config {config_file}"
         cfg = apply_overrides(cfg, updates, source=f"--config {config_file}", validate=False)
-    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    given = dict(flags or {})
     for key, value in given.items():
         flag = (flag_names or {}).get(key, "a command-line flag")
-        origin[key] = flag if isinstance(value, bool) else f"{flag} {value!r}"
+        named = isinstance(value, bool) or " " in flag  # "--size paper" names its value
+        origin[key] = flag if named else f"{flag} {value!r}"
     cfg = apply_overrides(cfg, given, source="flag", validate=False)
     for text in overrides:
         section, name, _ = parse_override(text)
@@ -732,6 +733,7 @@ def add_config_arguments(
     sections: Sequence[str] | None = None,
     flags: Mapping[str, str] | None = None,
     config_help: str | None = None,
+    show_defaults: bool = True,
 ) -> None:
     """Give a command ``--config FILE``, ``--set SECTION.FIELD=VALUE`` (repeatable) and
     ``--print-config``; call it after the command's own arguments.
@@ -739,21 +741,27 @@ def add_config_arguments(
     ``flags`` maps the ``dest`` of the command's own flags to the field they set
     (``{"hop_ms": "runtime.hop_ms"}``): their defaults become "not given" (``None``) so
     that a ``--config`` file can set the field, and :func:`config_from_args` writes the
-    resolved value back into the namespace. ``sections``: those the command reads
-    (default: all). Precedence: :data:`PRECEDENCE`.
+    resolved value back into the namespace; their help gains the field's name (and, with
+    ``show_defaults``, its default in :class:`Config`). ``sections``: those the command
+    reads (default: all). Precedence: :data:`PRECEDENCE`.
     """
     flags = dict(flags or {})
     actions = {a.dest: a for a in parser._actions}
     defaults = Config()
+    suppressed = []
     for dest, key in flags.items():
         if dest not in actions:
             raise ValueError(f"add_config_arguments: the parser has no flag with dest {dest!r}")
         section, _, name = key.partition(".")
         _field_hint(section, name, f"add_config_arguments flag {dest!r}")
         action = actions[dest]
-        action.default = None
+        if action.default is argparse.SUPPRESS:
+            suppressed.append(dest)
+        else:
+            action.default = None
         literal = _toml_literal(getattr(getattr(defaults, section), name))
-        action.help = f"{action.help or ''} [{key}, default {literal}]".strip()
+        where = f"[{key}, default {literal}]" if show_defaults else f"[{key}]"
+        action.help = f"{action.help or ''} {where}".strip()
     names = "[" + "], [".join(sections) + "]" if sections else "any section"
     group = parser.add_argument_group(
         "settings (the config tree)", f"This command reads {names}; " + PRECEDENCE_HELP + "."
@@ -778,23 +786,48 @@ def add_config_arguments(
         action="store_true",
         help="print the resolved settings as TOML and exit",
     )
-    parser.set_defaults(_config_flags=flags, _config_sections=tuple(sections) if sections else None)
+    parser.set_defaults(
+        _config_flags=flags,
+        _config_suppressed=tuple(suppressed),
+        _config_sections=tuple(sections) if sections else None,
+    )
 
 
 def config_from_args(
-    args: argparse.Namespace, *, base: Config | None = None, command: str | None = None
+    args: argparse.Namespace,
+    *,
+    base: Config | None = None,
+    flags: Mapping[str, Any] | None = None,
+    flag_names: Mapping[str, str] | None = None,
+    command: str | None = None,
+    finish: Callable[[Config], Config] | None = None,
 ) -> Config:
     """The resolved tree of a command set up by :func:`add_config_arguments`.
 
     Writes each mapped flag's resolved value back into ``args`` (so the command's own
     checks see the value it will run with). With ``--print-config``: prints the tree and
     exits (``SystemExit(0)``, as ``--help`` does).
+
+    ``base``: the command's starting tree (default: the defaults). ``flags``: more
+    ``{"section.field": value}`` at the flags' level, from flags that are not one field
+    each (``rtmoe pretrain --size``: the whole [model]; ``--no-psd-gate``), named in errors
+    by ``flag_names`` (``{"section.field": "--size paper"}``). ``finish``: the command's
+    last step on the resolved tree (what it derives from it), before it is printed.
+
+    A mapped flag counts as given when it is not ``None`` or, for a flag whose default is
+    ``argparse.SUPPRESS`` (``--h-freq none`` means None), when it is present at all.
     """
     flag_map: dict[str, str] = getattr(args, "_config_flags", {})
+    suppressed = getattr(args, "_config_suppressed", ())
     sections = getattr(args, "_config_sections", None)
     command = command or f"rtmoe {getattr(args, 'command', None) or 'this command'}"
-    flags = {key: getattr(args, dest) for dest, key in flag_map.items()}
-    names = {key: "--" + dest.replace("_", "-") for dest, key in flag_map.items()}
+    names = {key: "a command-line flag" for key in flags or {}} | dict(flag_names or {})
+    flags = dict(flags or {})
+    for dest, key in flag_map.items():
+        given = hasattr(args, dest) if dest in suppressed else getattr(args, dest) is not None
+        if given:
+            flags[key] = getattr(args, dest)
+            names[key] = "--" + dest.replace("_", "-")
     cfg = resolve_config(
         base=base,
         config_file=getattr(args, "config", None),
@@ -804,6 +837,8 @@ def config_from_args(
         sections=sections,
         command=command,
     )
+    if finish is not None:
+        cfg = finish(cfg).validate()
     for dest, key in flag_map.items():
         section, _, name = key.partition(".")
         setattr(args, dest, getattr(getattr(cfg, section), name))

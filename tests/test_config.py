@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import tomllib
 
 import pytest
 
@@ -92,14 +93,15 @@ def test_precedence_defaults_file_flags_set(tmp_path):
     )
     cfg = resolve_config(
         config_file=path,
-        flags={"runtime.hop_ms": 70.0, "runtime.max_age_s": 5.0, "runtime.device": None},
+        flags={"runtime.hop_ms": 70.0, "runtime.max_age_s": 5.0, "signal.l_freq": None},
         overrides=["runtime.max_age_s=7"],
     )
     assert cfg.runtime.hop_ms == 70.0  # flag over file
     assert cfg.runtime.max_age_s == 7.0  # --set over flag
     assert cfg.runtime.wait_s == 4.0 and cfg.runtime.engine == "torch"  # file over defaults
-    assert cfg.runtime.device == "auto"  # a flag not given (None) leaves the value
-    assert cfg.signal.h_freq == 40.0 and cfg.signal.l_freq == Config().signal.l_freq
+    assert cfg.runtime.device == "auto"
+    assert cfg.signal.l_freq is None  # a flag's None sets None (--l-freq none)
+    assert cfg.signal.h_freq == 40.0 and cfg.signal.notch_freq == Config().signal.notch_freq
     # The base (e.g. a recipe) is below the file: fields the file does not name stay.
     base = Config().replace(runtime={"stall_timeout_ms": 900.0, "hop_ms": 10.0})
     cfg = resolve_config(base=base, config_file=path)
@@ -175,3 +177,46 @@ def test_config_from_args_writes_the_resolved_values_back(tmp_path, capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "hop_ms = 20.0" in out and "[signal]" not in out
+
+
+#: Commands that read no part of the tree: profiles lists and removes folders; play's
+#: options (stream name, chunk, speed) are the player's own, not decoder settings;
+#: sys-info prints versions; view only subscribes to a running decoder.
+NO_SETTINGS = {"profiles", "play", "sys-info", "view"}
+
+
+def test_every_command_takes_config_set_and_print_config():
+    from importlib.metadata import entry_points
+
+    from rtmoe.cli import build_parser
+
+    names = sorted(ep.name for ep in entry_points(group="rtmoe.commands"))
+    assert {"stream", "demo", "finetune", "pretrain", "prepare", "evaluate"} <= set(names)
+    for name in sorted(set(names) - NO_SETTINGS):
+        parser = build_parser([name])
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        options = {opt for a in sub.choices[name]._actions for opt in a.option_strings}
+        assert {"--config", "--set", "--print-config"} <= options, name
+
+
+def test_finetune_resolves_recipe_file_options_and_set(tmp_path, capsys):
+    from rtmoe.cli import main
+    from rtmoe.offline.finetune import recipe_path
+
+    recipe = load_config(recipe_path())
+    path = tmp_path / "mine.toml"
+    path.write_text("[finetune]\nepochs = 9\nplateau_patience = 4\nlr = 0.01\n")
+    argv = ["finetune", "--dataset", "SelfRegulationSCP1", "--out", str(tmp_path / "m")]
+    argv += ["--config", str(path), "--lr", "0.002", "--h-freq", "none"]
+    argv += ["--set", "finetune.class_weighted=false", "--set", "finetune.lr=0.003"]
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--print-config"])
+    assert done.value.code == 0
+    out = tomllib.loads(capsys.readouterr().out)
+    ft = out["finetune"]
+    assert (ft["epochs"], ft["plateau_patience"]) == (9, 4)  # the file over the recipe
+    assert ft["lr"] == 0.003 and ft["class_weighted"] is False  # --set over the flag
+    assert ft["plateau_factor"] == recipe.finetune.plateau_factor  # the rest: the recipe
+    assert ft["freeze_epochs"] == 0  # fresh experts: nothing to freeze
+    assert out["signal"]["h_freq"] == "none"
+    assert set(out) == {"signal", "model", "moe", "finetune"}

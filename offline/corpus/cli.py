@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rtmoe.offline import commands as offline_commands
 from rtmoe.cli import Command, UserError
-from rtmoe.config import Config, load_config
+from rtmoe.config import add_config_arguments, config_from_args
+from rtmoe.offline import commands as offline_commands
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="recording files or folders (EDF, BDF, FIF, BrainVision .vhdr, EEGLAB .set)",
     )
     parser.add_argument("--out", type=Path, required=True, help="new or empty output folder")
-    parser.add_argument("--config", type=Path, help="TOML config (defaults otherwise)")
     parser.add_argument(
         "--dev",
         action="store_true",
@@ -37,16 +36,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--shard-size-mb", type=float, default=256.0, help="target shard size (MiB)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_arguments(parser, sections=("signal", "corpus"))
 
 
 def _run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
     from rtmoe.offline.corpus.build import build_corpus, build_dev_corpus
 
     if args.dev and args.inputs:
         raise UserError("give either INPUT files or --dev, not both")
     if not args.dev and not args.inputs:
         raise UserError("give INPUT recording files/folders, or --dev for the dev EEG")
-    cfg = load_config(args.config) if args.config else Config().validate()
     common = {"shard_size_mb": args.shard_size_mb, "progress": not args.quiet}
     if args.dev:
         corpus = build_dev_corpus(args.out, cfg, split=args.split, **common)

@@ -10,11 +10,11 @@ import argparse
 import contextlib
 import os
 
-from rtmoe.offline import commands as offline_commands
 from rtmoe.checkpoint import CheckpointError, load_checkpoint
 from rtmoe.command import Command
-from rtmoe.config import Config, load_config
+from rtmoe.config import Config, add_config_arguments, config_from_args, to_dict
 from rtmoe.models.registry import model_config
+from rtmoe.offline import commands as offline_commands
 from rtmoe.offline.pretrain.loop import pretrain_expert
 
 
@@ -22,27 +22,33 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", required=True, help="corpus folder from `rtmoe prepare`")
     parser.add_argument("--expert", type=int, required=True, help="expert index k")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, history)")
-    parser.add_argument("--size", help="model size (tiny, small, paper); overrides --config")
-    parser.add_argument("--config", help="TOML config (any subset of sections)")
-    parser.add_argument("--epochs", type=int, help="overrides pretrain.epochs")
+    parser.add_argument(
+        "--size", help="model size (tiny, small, paper): the whole [model]; beats --config"
+    )
+    parser.add_argument("--epochs", type=int, help="number of epochs")
     parser.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when present)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(
+        parser,
+        sections=("signal", "corpus", "spectral", "mask", "model", "pretrain"),
+        flags={"epochs": "pretrain.epochs"},
+    )
 
 
 def _resolve_config(args: argparse.Namespace) -> Config:
-    """--config, then --size and --epochs; a bare --resume reuses the run's config."""
-    if args.resume and not (args.config or args.size or args.epochs):
+    """The defaults (with --resume: the run's config) < --config < --size, --epochs < --set."""
+    base = None
+    if args.resume:
         with contextlib.suppress(CheckpointError):
-            return load_checkpoint(args.out).config
-    cfg = load_config(args.config) if args.config else Config()
+            base = load_checkpoint(args.out).config
+    size = {}
     if args.size:
-        cfg = cfg.replace(model=model_config(args.size))
-    if args.epochs is not None:
-        cfg = cfg.replace(pretrain={"epochs": args.epochs})
-    return cfg
+        size = {f"model.{k}": v for k, v in to_dict(model_config(args.size)).items()}
+    names = dict.fromkeys(size, f"--size {args.size}")
+    return config_from_args(args, base=base, flags=size, flag_names=names)
 
 
 def _run(args: argparse.Namespace) -> int:
