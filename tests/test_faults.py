@@ -522,7 +522,8 @@ def _read_until(proc, text, timeout_s):
         lines.append(line)
         if text in line:
             return lines
-    raise AssertionError(f"{text!r} not printed within {timeout_s} s: {lines}")
+    err = proc.stderr.read() if proc.poll() is not None else ""
+    raise AssertionError(f"{text!r} not printed within {timeout_s} s: {lines} {err[-2000:]}")
 
 
 def test_cli_sighup_while_waiting_and_ctrl_c_during_start_up_exit_0(short_model):

@@ -715,10 +715,10 @@ class Runtime:
     def _update_state(self) -> None:
         src = self.source
         error = detail = None
-        if src.lost:  # a stream without source_id: being looked for again
-            state = RuntimeState.STALLED
-        elif src.identity_error is not None:
+        if src.identity_error is not None:
             state, error, detail = RuntimeState.ERROR, StatusError.STREAM_MISMATCH, None
+        elif src.lost:  # a stream without source_id: being looked for again
+            state = RuntimeState.STALLED
         else:
             status = src.status
             if status is not SourceStatus.RUNNING:

@@ -224,6 +224,7 @@ class _Probe:
 
     def __init__(self, pylsl, query, wanted, open_inlet, max_buflen_s, timeout_s) -> None:
         self.result: list | None = None
+        self.started = pylsl.local_clock()
         self._args = (pylsl, query, wanted, open_inlet, max_buflen_s, timeout_s)
         self._thread = threading.Thread(target=self._run, name="rtmoe-lsl-probe", daemon=True)
         self._thread.start()
@@ -454,6 +455,7 @@ class LslSource:
         self._inconclusive = 0
         self._probe: _Probe | None = None
         self._next_probe = -math.inf
+        self._resumed_at = -math.inf  # when samples last resumed after a stall
         self.probe_period_s = float(probe_period_s)
         self._local_clock = pylsl.local_clock
         self._lost_error = pylsl.util.LostError
@@ -550,6 +552,7 @@ class LslSource:
             # source_id; confirm its identity before these samples are trusted.
             self._confirmed = False
             self._next_probe = -math.inf
+            self._resumed_at = self._local_clock()
             self._service()
         if n and self.identity_error is not None:
             self._last_arrival = self._local_clock()
@@ -579,7 +582,12 @@ class LslSource:
             if not probe.done:
                 return
             self._probe = None
-            self._take(probe.result)
+            if probe.started >= self._resumed_at:
+                self._take(probe.result)
+            else:  # looked before the stream resumed: it may have seen another outlet
+                for _, inlet in probe.result:
+                    if inlet is not None:
+                        inlet.close_stream()
         needed = (
             self.lost
             or not self._confirmed
