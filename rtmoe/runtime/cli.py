@@ -278,9 +278,10 @@ def _warn_remote(args: argparse.Namespace, exposed: list[str]) -> None:
 
 
 def _run_stream(args: argparse.Namespace) -> int:
-    query, cfg, exposed = _check_stream_args(args)  # before any model load or LSL resolve
     try:  # Ctrl-C, SIGTERM or SIGHUP while loading or waiting: a summary and exit 0
         with _interrupt_on_term():
+            # Every argument is checked before any model load or LSL resolve.
+            query, cfg, exposed = _check_stream_args(args)
             runtime = _start_stream(args, query, cfg, exposed)
     except KeyboardInterrupt:
         print("stopped during start-up (loading or waiting for the stream): 0 decodes", flush=True)

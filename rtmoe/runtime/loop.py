@@ -51,6 +51,10 @@ Trust. Nothing is published that the runtime cannot stand behind (`RuntimeConfig
   published (`stale_windows`). When even the freshest sample read over a whole status
   period was older than ``max_lag_ms`` (default one hop), the state is ``LAGGING``.
 
+- *Quality*: every decode carries a verdict (``valid``, repaired share, flat and
+  out-of-range channels, samples missing in the window; thresholds in `RuntimeConfig`);
+  invalid windows are still published at the steady rate, marked, and counted.
+
 Every due window is accounted for: decodes + skipped + stale + refused + non-finite.
 SIGINT, SIGTERM and SIGHUP stop `run` cleanly (summary, a last ``STOPPING`` status).
 """
@@ -228,7 +232,15 @@ class Runtime:
     decodes, skipped_windows : int
     nonfinite_outputs : int
         Windows whose model output was not finite: skipped, never published.
+    stale_windows : int
+        Windows not published: older than ``cfg.max_age_s`` or negative latency.
+    refused_windows : int
+        Windows not decoded: wrong or unconfirmed stream, or a rate mismatch.
+    invalid_decodes : int
+        Decodes published with ``valid`` False (the quality verdict, `_quality`).
     state : RuntimeState
+    error, error_detail : StatusError or None, str or None
+        Why the state is ``ERROR`` (as on the status topic).
     last_decode : DecodeMessage or None
     """
 
@@ -541,6 +553,7 @@ class Runtime:
         last = self.last_decode
         decode = (
             f"{last.label} p={max(last.probabilities):.2f} latency {last.latency_ms:.0f} ms"
+            + ("" if last.valid else f" INVALID ({last.invalid_reason})")
             if last
             else "no decode yet"
         )
@@ -556,6 +569,8 @@ class Runtime:
             extra += f" stale {self.stale_windows}"
         if self.refused_windows:
             extra += f" refused {self.refused_windows}"
+        if self.invalid_decodes:
+            extra += f" invalid {self.invalid_decodes}"
         return (
             f"{self.state.value:8s} {rate:6.1f} Hz in | decodes {self.decodes} skipped "
             f"{self.skipped_windows} gaps {self.source.n_gaps} | {decode}{extra}"
