@@ -217,6 +217,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(
         parser,
         sections=("signal",),
+        base_note="the checkpoint's own tree (--model)",
         config_help="TOML whose [signal] (filters) replaces the checkpoint's, field by field "
         "(an ablation: the model was trained with its own)",
     )

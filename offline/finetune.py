@@ -606,6 +606,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         sections=FINETUNE_SECTIONS,
         flags=FINETUNE_FLAGS,
         show_defaults=False,
+        base_note=f"the shipped recipe {recipe_path().name}",
         config_help="TOML with any subset of [signal], [model], [moe] and [finetune], over the "
         f"shipped recipe {recipe_path()} (a whole recipe replaces it)",
     )

@@ -26,3 +26,7 @@ view = LazyCommand(
     help="show a running stream or demo live in a web browser (127.0.0.1)",
     target="rtmoe.view.server:command",
 )
+config = LazyCommand(
+    help="print the resolved config tree (defaults < --config FILE < --set)",
+    target="rtmoe.config_show:command",
+)

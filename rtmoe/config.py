@@ -734,6 +734,7 @@ def add_config_arguments(
     flags: Mapping[str, str] | None = None,
     config_help: str | None = None,
     show_defaults: bool = True,
+    base_note: str | None = None,
 ) -> None:
     """Give a command ``--config FILE``, ``--set SECTION.FIELD=VALUE`` (repeatable) and
     ``--print-config``; call it after the command's own arguments.
@@ -743,7 +744,8 @@ def add_config_arguments(
     that a ``--config`` file can set the field, and :func:`config_from_args` writes the
     resolved value back into the namespace; their help gains the field's name (and, with
     ``show_defaults``, its default in :class:`Config`). ``sections``: those the command
-    reads (default: all). Precedence: :data:`PRECEDENCE`.
+    reads (default: all). ``base_note``: what the command starts from when that is not
+    the defaults (``rtmoe config show --for`` says so). Precedence: :data:`PRECEDENCE`.
     """
     flags = dict(flags or {})
     actions = {a.dest: a for a in parser._actions}
@@ -789,6 +791,7 @@ def add_config_arguments(
     parser.set_defaults(
         _config_flags=flags,
         _config_suppressed=tuple(suppressed),
+        _config_base_note=base_note,
         _config_sections=tuple(sections) if sections else None,
     )
 

@@ -19,6 +19,7 @@ from rtmoe.config import (
     load_config,
     parse_override,
     resolve_config,
+    to_dict,
 )
 
 
@@ -181,8 +182,9 @@ def test_config_from_args_writes_the_resolved_values_back(tmp_path, capsys):
 
 #: Commands that read no part of the tree: profiles lists and removes folders; play's
 #: options (stream name, chunk, speed) are the player's own, not decoder settings;
-#: sys-info prints versions; view only subscribes to a running decoder.
-NO_SETTINGS = {"profiles", "play", "sys-info", "view"}
+#: sys-info prints versions; view only subscribes to a running decoder; config show is
+#: the printing itself (tested below).
+NO_SETTINGS = {"profiles", "play", "sys-info", "view", "config"}
 
 
 def test_every_command_takes_config_set_and_print_config():
@@ -220,3 +222,24 @@ def test_finetune_resolves_recipe_file_options_and_set(tmp_path, capsys):
     assert ft["freeze_epochs"] == 0  # fresh experts: nothing to freeze
     assert out["signal"]["h_freq"] == "none"
     assert set(out) == {"signal", "model", "moe", "finetune"}
+
+
+def test_config_show_prints_the_resolved_tree(tmp_path, capsys):
+    from rtmoe.cli import main
+
+    path = tmp_path / "c.toml"
+    path.write_text("[runtime]\nhop_ms = 50.0\n[signal]\nl_freq = 'none'\n")
+    argv = ["config", "show", "--config", str(path), "--set", "runtime.max_age_s=2"]
+    assert main(argv) == 0
+    shown = tomllib.loads(capsys.readouterr().out)
+    assert set(shown) == set(to_dict(Config()))  # the whole tree
+    assert shown["runtime"]["hop_ms"] == 50.0 and shown["runtime"]["max_age_s"] == 2.0
+    assert shown["signal"]["l_freq"] == "none"
+    assert main([*argv, "--for", "stream"]) == 0
+    assert set(tomllib.loads(capsys.readouterr().out)) == {"runtime"}
+    assert main(["config", "show", "--for", "stream", "--set", "signal.sfreq=100"]) == 2
+    assert "rtmoe stream does not read [signal]" in capsys.readouterr().err
+    assert main(["config", "show", "--set", "runtime.hop_ms=fast"]) == 2
+    assert "runtime.hop_ms takes a number" in capsys.readouterr().err
+    assert main(["config", "show", "--for", "play"]) == 2
+    assert "reads no settings" in capsys.readouterr().err

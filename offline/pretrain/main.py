@@ -35,6 +35,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         sections=("signal", "corpus", "spectral", "mask", "model", "pretrain"),
         flags={"epochs": "pretrain.epochs"},
+        base_note="the defaults; with --resume the run's own tree",
     )
 
 
