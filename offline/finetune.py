@@ -9,6 +9,13 @@ with the best validation weighted F1 (regression: lowest RMSE) is
 saved as a ``specmoe`` checkpoint holding everything needed to decode live: weights,
 the signal/spectral/expert config, electrodes, window length and label map.
 
+With ``finetune.folds = k > 1`` the trials are cut into k stratified folds instead
+(:func:`stratified_folds`); k models are trained, each on k-1 folds with its epoch
+picked on the fold it did not see, and saved together as one
+:class:`~rtmoe.models.specmoe.SpecMoEEnsemble` (mean probabilities). Every trial is
+then predicted once by the model that never trained on it: those out-of-fold
+predictions give the CV estimate (``FinetuneResult.cv``, ``meta.json``'s ``cv``).
+
 ``FinetuneConfig`` (rtmoe.config) holds the optimisation settings;
 meanwhile checkpoints store it in ``meta.json`` under ``finetune``.
 """
@@ -50,8 +57,10 @@ from rtmoe.models.spechinet import SpecHiNet
 from rtmoe.models.specmoe import (
     SPECMOE_KIND,
     SpecMoE,
+    SpecMoEEnsemble,
     TaskConfig,
     build_specmoe,
+    ensemble_meta,
     specmoe_meta,
 )
 from rtmoe.offline.data import add_data_arguments, load_trials
@@ -69,27 +78,69 @@ TASK_SIGNALS: dict[str, SignalConfig] = {
 
 
 @dataclass(frozen=True)
+class FoldResult:
+    """One trained model of :func:`finetune`: its split, epochs and the epoch it kept.
+
+    Attributes
+    ----------
+    train_idx, val_idx : ndarray of int
+        Trials it trained on and picked its epoch on (disjoint).
+    history : list of dict
+        One entry per epoch: ``epoch``, ``train_loss``, ``val_loss``, validation
+        metrics, ``lr`` and ``experts_frozen``.
+    best_epoch : int
+        1-based epoch of the kept weights.
+    stopped : str
+        ``"completed"``, ``"early stop"`` or ``"time budget"``: why training ended.
+    val_outputs : Tensor, shape (len(val_idx), n_outputs)
+        The kept weights' logits (or outputs) on ``val_idx``, on the CPU.
+    """
+
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    history: list[dict[str, Any]]
+    best_epoch: int
+    stopped: str
+    val_outputs: torch.Tensor
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return self.history[self.best_epoch - 1]
+
+
+@dataclass(frozen=True)
 class FinetuneResult:
     """What :func:`finetune` returns.
 
     Attributes
     ----------
-    model : SpecMoE
-        The best epoch's model, in eval mode.
+    model : SpecMoE or SpecMoEEnsemble
+        The best epoch's model, in eval mode; with ``folds > 1`` the ensemble of the
+        folds' models.
     config : Config
         Signal (the task's preprocessing), spectral and expert settings.
     task : TaskConfig
     moe : MoEConfig
     history : list of dict
-        One entry per epoch: ``epoch``, ``train_loss``, ``val_loss``, validation
-        metrics, ``lr`` and ``experts_frozen``.
+        One entry per epoch (of the first fold's model with ``folds > 1``): ``epoch``,
+        ``train_loss``, ``val_loss``, validation metrics, ``lr`` and ``experts_frozen``.
     best_epoch : int
-        1-based epoch of the saved weights.
+        1-based epoch of the saved weights (of the first fold's model).
     checkpoint : Path or None
         Where the checkpoint was written (``out``), else None.
+    stopped : str
+        Why training ended (``"completed"``, ``"early stop"``, ``"time budget"``); with
+        ``folds > 1`` the first of ``time budget``, ``early stop`` that any fold had.
+    folds : tuple of FoldResult
+        Every trained model (one with ``folds = 1``).
+    cv : dict or None
+        ``folds > 1``: metrics (``rtmoe.metrics``) of the out-of-fold predictions, every
+        trial predicted by the one model that never trained on it; else None.
+    oof_outputs : ndarray, shape (n_trials, n_outputs), or None
+        ``folds > 1``: those out-of-fold logits (or regression outputs).
     """
 
-    model: SpecMoE
+    model: SpecMoE | SpecMoEEnsemble
     config: Config
     task: TaskConfig
     moe: MoEConfig
@@ -97,6 +148,9 @@ class FinetuneResult:
     best_epoch: int
     checkpoint: Path | None
     stopped: str = "completed"  # or "early stop" / "time budget": why training ended
+    folds: tuple[FoldResult, ...] = ()
+    cv: dict[str, float] | None = None
+    oof_outputs: np.ndarray | None = None
 
     @property
     def best(self) -> dict[str, Any]:
@@ -165,6 +219,69 @@ def stratified_split(
         val.append(members[:n_val])
     val_idx = np.sort(np.concatenate(val))
     return np.setdiff1d(np.arange(len(y)), val_idx), val_idx
+
+
+def fold_assignment(
+    y: np.ndarray, n_folds: int, seed: int, labels: Sequence[str] | None = None
+) -> np.ndarray:
+    """Seeded stratified k-fold assignment: the fold (0..n_folds-1) of every trial.
+
+    Each class's trials are shuffled and dealt round-robin over the folds, continuing
+    where the previous class stopped, so every fold holds ``floor`` or ``ceil`` of
+    ``n_k / n_folds`` trials of each class k and the fold sizes differ by at most one.
+
+    Parameters
+    ----------
+    y : ndarray, shape (n_trials,), int class indices
+        For regression pass ``np.zeros(n_trials, int)`` (a plain random k-fold).
+    n_folds : int, >= 2
+    labels : sequence of str, optional
+        Class names for the error message.
+
+    Returns
+    -------
+    ndarray of int, shape (n_trials,)
+
+    Raises
+    ------
+    ValueError
+        A class has fewer than ``n_folds`` trials (some held-out fold would lack it).
+    """
+    if n_folds < 2:
+        raise ValueError(f"n_folds={n_folds} must be >= 2 (folds = 1 is the single split)")
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(y), dtype=np.int64)
+    offset = 0
+    for k in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == k))
+        if len(members) < n_folds:
+            name = repr(labels[k]) if labels is not None else f"index {k}"
+            raise ValueError(
+                f"class {name} has {len(members)} trials but folds={n_folds} needs at least "
+                f"{n_folds} per class (every held-out fold holds every class); lower "
+                "finetune.folds or add trials"
+            )
+        fold_of[members] = (offset + np.arange(len(members))) % n_folds
+        offset += len(members)
+    return fold_of
+
+
+def stratified_folds(
+    y: np.ndarray, n_folds: int, seed: int, labels: Sequence[str] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train_idx, val_idx)`` of each fold of :func:`fold_assignment`, sorted.
+
+    The ``val_idx`` of the folds partition the trials; each fold's ``train_idx`` is the
+    rest.
+    """
+    fold_of = fold_assignment(y, n_folds, seed, labels)
+    return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(n_folds)]
+
+
+def fold_seed(seed: int, fold: int) -> int:
+    """Seed of fold ``fold``'s initialisation and batches (k-fold runs)."""
+    return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
 
 
 def load_experts(paths: Sequence[str | Path]) -> tuple[list[SpecHiNet], Config]:
@@ -311,10 +428,8 @@ def finetune(
     progress : bool
         Show a tqdm bar over epochs.
     """
-    from rtmoe.metrics import classification_metrics, regression_metrics
-    from tqdm.auto import tqdm
-
     from rtmoe.checkpoint import save_checkpoint
+    from rtmoe.metrics import classification_metrics, regression_metrics
 
     cfg = cfg or FinetuneConfig()
     cfg.validate()
@@ -345,7 +460,10 @@ def finetune(
         strata, label_map = np.zeros(len(X), dtype=np.int64), ()
     else:
         strata, label_map = encode_labels(y, labels)
-    train_idx, val_idx = stratified_split(strata, cfg.val_fraction, cfg.seed)
+    if cfg.folds == 1:
+        splits = [stratified_split(strata, cfg.val_fraction, cfg.seed)]
+    else:
+        splits = stratified_folds(strata, cfg.folds, cfg.seed, label_map or None)
 
     loaded, base = load_experts(experts) if experts else (None, Config())
     config = _task_config(base, signal, bool(experts), model_name)
@@ -358,19 +476,130 @@ def finetune(
         regression=regression,
         n_targets=targets.shape[1] if regression else 1,
     )
-    torch.manual_seed(cfg.seed)
-    model = build_specmoe(config, task, moe, loaded).to(device)
     x_all = torch.from_numpy(Xp).to(device)
-    psd_all = model.psd(x_all)  # fixed per trial: computed once
+    y_all = torch.from_numpy(targets if regression else strata).to(device)
+    started = time.monotonic()
+    models, fits = [], []
+    psd_all = None
+    for fold, (train_idx, val_idx) in enumerate(splits):
+        seed = cfg.seed if cfg.folds == 1 else fold_seed(cfg.seed, fold)
+        torch.manual_seed(seed)
+        # Each fold fine-tunes its own copy of the pretrained experts.
+        fold_experts = copy.deepcopy(loaded) if loaded is not None and fold > 0 else loaded
+        model = build_specmoe(config, task, moe, fold_experts).to(device)
+        if psd_all is None:
+            psd_all = model.psd(x_all)  # fixed per trial: computed once
+        budget_s = None
+        if cfg.max_minutes is not None:  # the whole budget, shared by the folds still to run
+            budget_s = (60 * cfg.max_minutes - (time.monotonic() - started)) / (len(splits) - fold)
+        desc = f"finetune {task_name}" + (f" fold {fold + 1}/{cfg.folds}" if cfg.folds > 1 else "")
+        fits.append(
+            _fit(
+                model, x_all, psd_all, y_all, strata, train_idx, val_idx, cfg,
+                n_classes=len(label_map), regression=regression, seed=seed,
+                budget_s=budget_s, desc=desc, progress=progress,
+            )
+        )  # fmt: skip
+        models.append(model)
+    first = fits[0]
+    cv, oof = None, None
+    if cfg.folds == 1:
+        model = models[0]
+        meta_fit = {
+            "best_epoch": first.best_epoch,
+            "best_val": first.best,
+            "history": first.history,
+            "n_train": len(first.train_idx),
+            "n_val": len(first.val_idx),
+            "stopped": first.stopped,
+        }
+        stopped = first.stopped
+    else:
+        model = SpecMoEEnsemble(models, regression=regression).eval()
+        oof_t = torch.empty((len(X), task.n_outputs))
+        fold_of = np.empty(len(X), dtype=np.int64)
+        for fold, fit in enumerate(fits):
+            oof_t[torch.from_numpy(fit.val_idx)] = fit.val_outputs
+            fold_of[fit.val_idx] = fold
+        oof = oof_t.numpy()
+        if regression:
+            cv = regression_metrics(targets, oof)
+        else:
+            cv = classification_metrics(strata, oof_t.softmax(dim=1).numpy())
+        stops = [f.stopped for f in fits]
+        stopped = next((s for s in ("time budget", "early stop") if s in stops), "completed")
+        meta_fit = {
+            "best_epoch": [f.best_epoch for f in fits],
+            "best_val": {f"val_{k}": v for k, v in cv.items()},  # the CV estimate
+            "history": [f.history for f in fits],
+            "n_train": len(X),
+            "n_val": len(X),
+            "stopped": stops,
+            "cv": {
+                "folds": cfg.folds,
+                "metrics": cv,
+                "fold_of_trial": fold_of.tolist(),
+                "per_fold": [
+                    {
+                        "best_epoch": f.best_epoch,
+                        "n_train": len(f.train_idx),
+                        "n_val": len(f.val_idx),
+                        "stopped": f.stopped,
+                        "best_val": f.best,
+                    }
+                    for f in fits
+                ],
+            },
+        }
+    checkpoint = None
+    if out is not None:
+        experts_ids = [checkpoint_identity(p) for p in experts]
+        meta = specmoe_meta(task) | meta_fit | {"experts": experts_ids}
+        if isinstance(model, SpecMoEEnsemble):
+            meta |= ensemble_meta(model)
+        config = config.replace(moe=moe, finetune=cfg)
+        checkpoint = save_checkpoint(out, model, config, kind=SPECMOE_KIND, meta=meta)
+    return FinetuneResult(
+        model, config, task, moe, first.history, first.best_epoch, checkpoint, stopped,
+        folds=tuple(fits), cv=cv, oof_outputs=oof,
+    )  # fmt: skip
+
+
+def _fit(
+    model: SpecMoE,
+    x_all: torch.Tensor,
+    psd_all: torch.Tensor,
+    y_all: torch.Tensor,
+    strata: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    cfg: FinetuneConfig,
+    *,
+    n_classes: int,
+    regression: bool,
+    seed: int,
+    budget_s: float | None,
+    desc: str,
+    progress: bool,
+) -> FoldResult:
+    """Train ``model`` on ``train_idx``, keep its best epoch on ``val_idx`` (in place).
+
+    ``x_all (n_trials, n_chans, n_times)``, ``psd_all`` and ``y_all`` (class indices or
+    targets) hold every trial on the model's device; ``strata`` the class indices.
+    ``budget_s``: seconds after which training stops at the end of an epoch.
+    """
+    from tqdm.auto import tqdm
+
+    from rtmoe.metrics import classification_metrics, regression_metrics
+
+    device = x_all.device
     train_t = torch.from_numpy(train_idx).to(device)
     init_fresh_batchnorm(model, x_all[train_t], psd_all[train_t], cfg.batch_size)
     if regression:
-        y_all = torch.from_numpy(targets).to(device)
         loss_fn = F.mse_loss
     else:
-        y_all = torch.from_numpy(strata).to(device)
-        counts = np.bincount(strata[train_idx], minlength=len(label_map))
-        weight = len(train_idx) / (len(label_map) * np.maximum(counts, 1))
+        counts = np.bincount(strata[train_idx], minlength=n_classes)
+        weight = len(train_idx) / (n_classes * np.maximum(counts, 1))
         weight_t = torch.tensor(weight if cfg.class_weighted else np.ones_like(weight))
         weight_t = weight_t.float().to(device)
 
@@ -388,12 +617,14 @@ def finetune(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
     )
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(seed)
     history: list[dict[str, Any]] = []
-    best_key, best_state, best_epoch = None, None, 0
+    best_key, best_state, best_epoch, best_outputs = None, None, 0, None
+    val = torch.from_numpy(val_idx).to(device)
+    target_val = y_all[val].cpu().numpy()
     started = time.monotonic()
     stopped = "completed"
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"finetune {task_name}", disable=not progress)
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, disable=not progress)
     for epoch in bar:
         frozen = epoch <= cfg.freeze_epochs
         for p in model.expert_parameters():
@@ -411,10 +642,8 @@ def finetune(
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
-        val = torch.from_numpy(val_idx).to(device)
         outputs, _ = predict(model, x_all[val], psd_all[val], cfg.batch_size)
         val_loss = loss_fn(outputs.to(device), y_all[val]).item()
-        target_val = y_all[val].cpu().numpy()
         if regression:
             metrics = regression_metrics(target_val, outputs.numpy())
             key = (-metrics["rmse"], -val_loss)
@@ -432,7 +661,7 @@ def finetune(
             }
         )
         if best_key is None or key > best_key:
-            best_key, best_epoch = key, epoch
+            best_key, best_epoch, best_outputs = key, epoch, outputs
             best_state = copy.deepcopy(model.state_dict())
         scheduler.step(val_loss)
         score = "rmse" if regression else "weighted_f1"
@@ -440,27 +669,14 @@ def finetune(
         if cfg.early_stop_patience is not None and epoch - best_epoch >= cfg.early_stop_patience:
             stopped = "early stop"
             break
-        if cfg.max_minutes is not None and time.monotonic() - started > 60 * cfg.max_minutes:
+        if budget_s is not None and time.monotonic() - started > budget_s:
             if epoch < cfg.epochs:
                 stopped = "time budget"
             break
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
-    checkpoint = None
-    if out is not None:
-        meta = specmoe_meta(task) | {
-            "best_epoch": best_epoch,
-            "best_val": history[best_epoch - 1],
-            "history": history,
-            "n_train": len(train_idx),
-            "n_val": len(val_idx),
-            "stopped": stopped,
-            "experts": [checkpoint_identity(p) for p in experts],
-        }
-        config = config.replace(moe=moe, finetune=cfg)
-        checkpoint = save_checkpoint(out, model, config, kind=SPECMOE_KIND, meta=meta)
-    return FinetuneResult(model, config, task, moe, history, best_epoch, checkpoint, stopped)
+    return FoldResult(train_idx, val_idx, history, best_epoch, stopped, best_outputs)
 
 
 #: Shortest trial the model is fine-tuned on: below it the gate's Welch PSD holds a handful
@@ -506,6 +722,33 @@ def describe_filters(signal: SignalConfig) -> str:
     return (
         f"high-pass {hz(signal.l_freq)}, low-pass {hz(signal.h_freq)}, notch "
         f"{hz(signal.notch_freq)}, resampled to {signal.sfreq:g} Hz"
+    )
+
+
+def describe_cv(result: FinetuneResult) -> str:
+    """The cross-validation estimate and each fold's epoch, for a k-fold :func:`finetune`."""
+    cv = result.cv or {}
+    if result.task.regression:
+        names = (("rmse", "RMSE"), ("r2", "R²"), ("pearson_r", "Pearson r"))
+    else:
+        names = (
+            ("balanced_accuracy", "balanced accuracy"),
+            ("accuracy", "accuracy"),
+            ("cohen_kappa", "kappa"),
+            ("weighted_f1", "weighted F1"),
+            ("auroc", "AUROC"),
+        )
+    scores = ", ".join(f"{label} {cv[k]:.3f}" for k, label in names if k in cv)
+    epochs = ", ".join(str(f.best_epoch) for f in result.folds)
+    ran = ", ".join(
+        f"{len(f.history)}" + ("" if f.stopped == "completed" else f" ({f.stopped})")
+        for f in result.folds
+    )
+    n_trials = sum(len(f.val_idx) for f in result.folds)
+    return (
+        f"CV estimate ({len(result.folds)} stratified folds, {n_trials} trials each predicted "
+        f"by the fold model that never trained on it): {scores}; best epochs {epochs}; epochs "
+        f"run {ran} of {result.config.finetune.epochs}"
     )
 
 
@@ -694,6 +937,13 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
     )
+    if result.cv is not None:
+        print(describe_cv(result))
+        print(
+            f"filters: {describe_filters(result.config.signal)}; saved {result.checkpoint} "
+            f"(ensemble of {len(result.folds)} fold models, mean probabilities)"
+        )
+        return 0
     best = result.best
     n_run = len(result.history)
     if result.stopped == "time budget":

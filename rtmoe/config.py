@@ -233,6 +233,12 @@ class FinetuneConfig:
     the validation loss has not improved for ``plateau_patience`` epochs.
     ``early_stop_patience`` stops after that many epochs without a better validation
     score; ``max_minutes`` stops after the epoch that exceeds the time budget.
+
+    ``folds``: 1 picks the epoch on one stratified ``val_fraction`` split of the trials;
+    k > 1 runs stratified k-fold cross-validation: k models, each trained on k-1 folds
+    with its epoch picked on its own held-out fold, delivered together as one ensemble
+    (mean probabilities); their out-of-fold predictions give the CV estimate, and
+    ``val_fraction`` is unused. ``max_minutes`` is then the budget of all k together.
     """
 
     lr: float = 1e-3
@@ -246,9 +252,10 @@ class FinetuneConfig:
     early_stop_patience: int | None = None
     max_minutes: float | None = None
     seed: int = 0
+    folds: int = 1
 
     def validate(self) -> None:
-        for name in ("lr", "epochs", "batch_size", "plateau_patience"):
+        for name in ("lr", "epochs", "batch_size", "plateau_patience", "folds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"finetune.{name}={getattr(self, name)} must be > 0")
         if not 0 < self.plateau_factor < 1:

@@ -33,6 +33,17 @@ linear gate ``W'_k · log-PSD + b'_k`` of SPEC §5, only better conditioned: raw
 powers sit around -2 to -10 in every bin, which saturates a freshly initialised
 sigmoid and makes the bins' inputs nearly collinear.
 
+Ensembles
+---------
+``rtmoe finetune`` with ``finetune.folds = k > 1`` trains one SpecMoE per cross-validation
+fold and delivers them together as a :class:`SpecMoEEnsemble`: it averages the members'
+class probabilities (regression: their outputs) and reports their mean gates, behind the
+same ``forward`` / ``forward_with_gates`` / ``psd`` interface, so evaluation, the engines
+and the live loop take it as they take one model. Its checkpoint is an ordinary
+``specmoe`` one whose weights are the members' under ``members.<i>.`` and whose
+``meta.json`` has an ``ensemble`` entry (:data:`ENSEMBLE_FORMAT`); checkpoints without that
+entry are single models, as before.
+
 Ablations: ``use_psd_gate=False`` is plain concatenation (every gate is 1); one to three
 experts give the "one expert" ablation; experts built fresh give "no pretraining".
 
@@ -44,6 +55,7 @@ checkpoint stores it in ``meta.json`` under ``task``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +80,10 @@ from rtmoe.models.spechinet import SpecHiNet, SpecHiNetEncoder
 SPECMOE_KIND = "specmoe"
 #: Lower clamp of the PSD (model units² / Hz) before the log, so zero power stays finite.
 PSD_FLOOR = 1e-10
+#: Version of the ``ensemble`` entry of a ``specmoe`` checkpoint's meta.json (absent: one
+#: model). Version 1: ``{"version": 1, "n_members": k, "combine": "mean_probabilities" |
+#: "mean_outputs"}``, weights under ``members.<i>.``.
+ENSEMBLE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -373,6 +389,98 @@ class SpecMoE(nn.Module):
             )
 
 
+class SpecMoEEnsemble(nn.Module):
+    """k SpecMoE models of one architecture decoding as one: the cross-validation ensemble.
+
+    Classification averages the members' softmax probabilities; :meth:`forward` returns
+    ``log(mean_i softmax(logits_i))``, logits whose softmax is exactly that average (so a
+    caller or engine that applies a softmax gets the ensemble's probabilities).
+    Regression averages the outputs. Gates are the members' gates averaged elementwise,
+    so their per-expert means are the means over members.
+
+    Parameters
+    ----------
+    members : sequence of SpecMoE
+        Same window, outputs, Welch segment, experts and gating (checked).
+    regression : bool
+        Average raw outputs instead of probabilities.
+
+    Attributes
+    ----------
+    n_chans, n_times, sfreq, n_outputs, nperseg, psd_bins, feature_dim, use_psd_gate,
+    channel_pool :
+        As the members' (:class:`SpecMoE`).
+    """
+
+    def __init__(self, members: Sequence[SpecMoE], *, regression: bool = False) -> None:
+        super().__init__()
+        members = list(members)
+        if not members or not all(isinstance(m, SpecMoE) for m in members):
+            raise ValueError(
+                f"members={[type(m).__name__ for m in members]} must be one or more SpecMoE models"
+            )
+        names = ("n_chans", "n_times", "sfreq", "n_outputs", "nperseg", "psd_bins")
+        names += ("feature_dim", "n_experts", "use_psd_gate", "channel_pool")
+        for name in names:
+            values = [getattr(m, name) for m in members]
+            if len(set(values)) != 1:
+                raise ValueError(
+                    f"ensemble members differ in {name} ({values}); build every member from "
+                    "one config and task"
+                )
+            if name != "n_experts":
+                setattr(self, name, values[0])
+        self.regression = bool(regression)
+        self.members = nn.ModuleList(members)
+
+    @property
+    def n_members(self) -> int:
+        return len(self.members)
+
+    @property
+    def n_experts(self) -> int:
+        return self.members[0].n_experts
+
+    def psd(self, x: torch.Tensor) -> torch.Tensor:
+        """Welch PSD of ``x (batch, n_chans, n_times)``: ``(batch, n_chans, psd_bins)``."""
+        return self.members[0].psd(x)
+
+    def forward(self, x: torch.Tensor, psd: torch.Tensor | None = None) -> torch.Tensor:
+        """Ensemble logits (log mean probabilities) or mean outputs ``(batch, n_outputs)``.
+
+        Parameters as :meth:`SpecMoE.forward`; the PSD is computed once for all members.
+        """
+        return self.forward_with_gates(x, psd)[0]
+
+    def forward_with_gates(
+        self, x: torch.Tensor, psd: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ensemble outputs and the members' mean gates.
+
+        Returns
+        -------
+        logits : Tensor, shape (batch, n_outputs)
+            ``log(mean_i softmax(logits_i))``; regression: ``mean_i outputs_i``.
+        gates : Tensor, shape (batch, n_experts, n_chans, feature_dim)
+            The members' gate activations averaged elementwise.
+        """
+        if psd is None and self.use_psd_gate:
+            psd = self.psd(x)
+        outputs, gates = zip(*(m.forward_with_gates(x, psd) for m in self.members), strict=True)
+        gate_mean = torch.stack(gates).mean(dim=0)
+        if self.regression:
+            return torch.stack(outputs).mean(dim=0), gate_mean
+        log_p = torch.stack([o.log_softmax(dim=-1) for o in outputs])
+        return torch.logsumexp(log_p, dim=0) - math.log(self.n_members), gate_mean
+
+
+def ensemble_meta(ensemble: SpecMoEEnsemble) -> dict[str, Any]:
+    """The ``meta.json`` entry that makes :func:`load_specmoe` build ``ensemble``."""
+    combine = "mean_outputs" if ensemble.regression else "mean_probabilities"
+    entry = {"version": ENSEMBLE_FORMAT, "n_members": ensemble.n_members, "combine": combine}
+    return {"ensemble": entry}
+
+
 def build_specmoe(
     config: Config,
     task: TaskConfig,
@@ -417,8 +525,8 @@ class LoadedSpecMoE:
 
     Attributes
     ----------
-    model : SpecMoE
-        In eval mode.
+    model : SpecMoE or SpecMoEEnsemble
+        In eval mode; an ensemble for a checkpoint of ``finetune.folds > 1``.
     config : Config
         ``signal`` is the preprocessing to apply; ``model`` the experts' size.
     task : TaskConfig
@@ -428,7 +536,7 @@ class LoadedSpecMoE:
         The raw checkpoint (meta holds training provenance and validation metrics).
     """
 
-    model: SpecMoE
+    model: SpecMoE | SpecMoEEnsemble
     config: Config
     task: TaskConfig
     moe: MoEConfig
@@ -457,9 +565,35 @@ def load_specmoe(directory: str | Path, device: str | torch.device = "cpu") -> L
         )
     task = _section(ckpt.meta, "task", TaskConfig, ckpt.path)
     moe = ckpt.config.moe
-    model = build_specmoe(ckpt.config, task, moe)
+    n_members = _ensemble_members(ckpt.meta, ckpt.path, task)
+    if n_members is None:  # one model: every checkpoint before ensembles, and folds = 1
+        model = build_specmoe(ckpt.config, task, moe)
+    else:
+        members = [build_specmoe(ckpt.config, task, moe) for _ in range(n_members)]
+        model = SpecMoEEnsemble(members, regression=task.regression)
     load_weights(model, ckpt, model_name=ckpt.config.model.name)
     return LoadedSpecMoE(model.to(device).eval(), ckpt.config, task, moe, ckpt)
+
+
+def _ensemble_members(meta: Mapping[str, Any], path: Path, task: TaskConfig) -> int | None:
+    """Members of an ensemble checkpoint (its ``ensemble`` entry), None for one model."""
+    entry = meta.get("ensemble")
+    if entry is None:
+        return None
+    version = entry.get("version") if isinstance(entry, Mapping) else None
+    if version != ENSEMBLE_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path}: meta.json's ensemble entry has version {version!r}; this "
+            f"rtmoe reads version {ENSEMBLE_FORMAT}; upgrade rtmoe or refit the model"
+        )
+    n_members = entry.get("n_members")
+    combine = "mean_outputs" if task.regression else "mean_probabilities"
+    if not isinstance(n_members, int) or n_members < 1 or entry.get("combine") != combine:
+        raise CheckpointError(
+            f"checkpoint {path}: meta.json's ensemble entry {dict(entry)} needs n_members >= 1 "
+            f"and combine {combine!r}; the file is damaged: refit the model"
+        )
+    return n_members
 
 
 def _section(meta: Mapping[str, Any], key: str, cls: type, path: Path) -> Any:
