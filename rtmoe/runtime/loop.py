@@ -308,7 +308,10 @@ class Runtime:
         except BaseException:
             if self.publisher is not None:
                 self.state = RuntimeState.STOPPING
-                self._publish_status(self._clock())
+                try:  # a last status; never hides the error being raised
+                    self._publish_status(self._clock())
+                except Exception:
+                    pass
                 if self._owns_publisher:
                     self.publisher.close()
             if self.source is not None and self.source is not stream:
