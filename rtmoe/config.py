@@ -554,8 +554,6 @@ PRECEDENCE_HELP = (
     "(e.g. --hop-ms) < --set; `rtmoe config show` or --print-config prints the result"
 )
 
-_NO_VALUE = object()
-
 
 def parse_override(text: str) -> tuple[str, str, Any]:
     """Split one ``--set`` argument: ``"section.field=value"`` → (section, field, value).
