@@ -402,3 +402,35 @@ def test_page_says_stalled_when_the_outlet_stops(live, tmp_path):
     delay_s = (float(report["stateChangedMs"]) - stopped_ms) / 1000.0
     print(f"the page said STALLED {delay_s:.2f} s after the outlet stopped")
     assert "STALLED" in live.states
+
+
+def test_demo_view_serves_the_page_beside_the_demo(tmp_path):
+    import sys
+
+    env = {**os.environ, "BROWSER": "true"}  # webbrowser.open runs `true URL`: no window
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "rtmoe", "demo", "--view", "--view-port", "0", "--duration-s",
+         "120", "--engine", "torch", "--device", "cpu", "--zmq", "tcp://127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        url = None
+        deadline = time.monotonic() + 180.0
+        while url is None and time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            if not line:
+                break
+            if line.startswith("live page: "):
+                url = line.split()[2]
+        assert url and url.startswith("http://127.0.0.1:"), "the demo printed no live page"
+        assert _get(url)[0] == 200
+
+        def decodes():
+            state = json.loads(_get(url + "state")[1])
+            return state["decodes"] and state["status"] and state["status"]["state"]
+
+        assert _until(decodes, 120.0, 0.5) == "RUNNING"
+    finally:
+        demo.terminate()
+        demo.communicate(timeout=30)
+    assert demo.returncode == 0

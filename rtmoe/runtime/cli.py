@@ -335,6 +335,19 @@ def _decode_stream(args: argparse.Namespace, runtime):
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration-s", type=float, default=60.0, help="seconds to run")
     _add_common(parser)
+    from rtmoe.view import DEFAULT_PORT
+
+    parser.add_argument(
+        "--view",
+        action="store_true",
+        help="also serve the live page (rtmoe view) on 127.0.0.1 and open it in the browser",
+    )
+    parser.add_argument(
+        "--view-port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="HTTP port of the --view page (0: a free one)",
+    )
     add_config_arguments(parser, sections=("runtime",), flags=COMMON_FLAGS)
 
 
@@ -343,9 +356,18 @@ def _run_demo(args: argparse.Namespace) -> int:
     check_zmq_address(args.zmq, allow_remote=False)  # before the model loads
     if args.model:
         check_model_ref(args.model)
+    if args.view and not 0 <= args.view_port < 65536:
+        raise UserError(f"--view-port {args.view_port} must be in 0..65535 (0 picks a free one)")
     from rtmoe.runtime.demo import run_demo
 
-    summary = run_demo(args.model or "default", args.duration_s, cfg, cache_dir=args.cache_dir)
+    summary = run_demo(
+        args.model or "default",
+        args.duration_s,
+        cfg,
+        cache_dir=args.cache_dir,
+        view_port=args.view_port if args.view else None,
+        open_view=args.view,
+    )
     print(summary.describe(), flush=True)
     return 0
 

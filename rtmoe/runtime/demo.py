@@ -130,6 +130,8 @@ def run_demo(
     cfg: RuntimeConfig | None = None,
     console: bool = True,
     cache_dir: str | Path | None = None,
+    view_port: int | None = None,
+    open_view: bool = False,
 ) -> DemoSummary:
     """Play the demo recording, decode it live, subscribe to the decodes and score them.
 
@@ -144,6 +146,11 @@ def run_demo(
         Engine, hop, device, ZeroMQ address (``tcp://127.0.0.1:0`` picks a free port).
     console : bool
         Show a refreshing line with the latest decode, running accuracy and latency.
+    view_port : int, optional
+        Also serve the live page (`rtmoe.view.ViewServer`, ``rtmoe demo --view``) on
+        127.0.0.1 at this port (0: a free one), attached to the demo's publisher.
+    open_view : bool
+        Open that page in the web browser.
     """
     import zmq
 
@@ -162,6 +169,21 @@ def run_demo(
                 f"{duration_s:g} s, Ctrl-C stops",
                 flush=True,
             )
+        view = None
+        if view_port is not None:
+            from rtmoe.view import ViewServer
+
+            try:
+                view = ViewServer(runtime.publisher.address, port=view_port).start()
+            except OSError as err:  # the port is taken: a user error, nothing left open
+                runtime.close()
+                raise ValueError(str(err)) from None
+            if console:
+                print(f"live page: {view.url}", flush=True)
+            if open_view:
+                import webbrowser
+
+                webbrowser.open(view.url)
         markers = MarkerInlet(resolve_stream(name=f"{name}-markers", timeout_s=0.5))
         sub = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
@@ -202,6 +224,8 @@ def run_demo(
             restore()
             sub.close()
             markers.close()
+            if view is not None:
+                view.close()
             if console:
                 print(file=sys.stderr)
     if isinstance(result["run"], BaseException):

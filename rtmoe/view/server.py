@@ -217,8 +217,7 @@ class ViewServer:
         except OSError as err:
             sock.close(linger=0)
             raise OSError(
-                f"cannot serve the page on {host}:{port}: {err}; choose a free port "
-                "(--port 0 picks one)"
+                f"cannot serve the page on {host}:{port}: {err}; choose a free port (0 picks one)"
             ) from None
         self._http.daemon_threads = True
         self.host, self.port = self._http.server_address[:2]
