@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from rtmoe.metrics import classification_metrics, confusion_matrix
-from rtmoe.models.specmoe import LoadedSpecMoE, MoEFeatures, SpecMoE
+from rtmoe.models.specmoe import LoadedSpecMoE, MoEFeatures, SpecMoE, SpecMoEEnsemble
 from rtmoe.profiles import resize_head
 from rtmoe.signal import apply_alignment
 
@@ -269,8 +269,14 @@ def fit_subject(
     Raises
     ------
     FitError
-        Too few trials per class.
+        Too few trials per class, or ``base`` is a k-fold ensemble.
     """
+    if isinstance(base.model, SpecMoEEnsemble):
+        raise FitError(
+            f"the base model {base.checkpoint.path} is an ensemble of "
+            f"{base.model.n_members} fold models (finetune.folds={base.model.n_members}); "
+            "calibration tunes one model's head: pass a model fine-tuned with --folds 1"
+        )
     started = time.monotonic()
     labels = tuple(labels)
     counts = np.bincount(y, minlength=len(labels))

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rtmoe.offline import commands as offline_commands
 from rtmoe.checkpoint import (
     EXPERT_KIND,
     CheckpointError,
@@ -63,6 +62,7 @@ from rtmoe.models.specmoe import (
     ensemble_meta,
     specmoe_meta,
 )
+from rtmoe.offline import commands as offline_commands
 from rtmoe.offline.data import add_data_arguments, load_trials
 from rtmoe.signal import preprocess_trials
 
@@ -803,6 +803,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         ("batch-size", int, ft.batch_size, "trials per batch"),
         ("val-fraction", float, ft.val_fraction, "share of trials held out for validation"),
         ("seed", int, ft.seed, "seed of the split, initialisation and batches"),
+        (
+            "folds",
+            int,
+            ft.folds,
+            "1: pick the epoch on one --val-fraction split; k > 1: stratified k-fold CV, "
+            "the k fold models saved as one ensemble, the CV estimate printed",
+        ),
     )
     for name, type_, value, text in options:
         parser.add_argument(
@@ -868,6 +875,7 @@ FINETUNE_FLAGS = {
     "batch_size": "finetune.batch_size",
     "val_fraction": "finetune.val_fraction",
     "seed": "finetune.seed",
+    "folds": "finetune.folds",
     "freeze_epochs": "finetune.freeze_epochs",
     "early_stop": "finetune.early_stop_patience",
     "max_minutes": "finetune.max_minutes",

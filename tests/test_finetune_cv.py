@@ -268,7 +268,7 @@ def test_folds_must_be_positive():
         FinetuneConfig(folds=0).validate()
 
 
-def test_cli_folds_from_the_config_prints_the_cv_estimate(data, tmp_path, capsys):
+def test_cli_folds_prints_the_cv_estimate_and_saves_the_ensemble(data, tmp_path, capsys):
     import argparse
 
     from rtmoe.offline import finetune as finetune_mod
@@ -277,9 +277,9 @@ def test_cli_folds_from_the_config_prints_the_cv_estimate(data, tmp_path, capsys
     npz = tmp_path / "trials.npz"
     np.savez(npz, X=X, y=y, sfreq=SFREQ_IN, ch_names=np.array(CH_NAMES))
     recipe = tmp_path / "cv.toml"
-    recipe.write_text("[finetune]\nfolds = 2\nepochs = 1\nfreeze_epochs = 0\nbatch_size = 8\n")
+    recipe.write_text("[finetune]\nepochs = 1\nfreeze_epochs = 0\nbatch_size = 8\n")
     out = tmp_path / "model"
-    argv = ["--data", str(npz), "--out", str(out), "--config", str(recipe)]
+    argv = ["--data", str(npz), "--out", str(out), "--config", str(recipe), "--folds", "2"]
     argv += ["--model-name", "tiny", "--n-experts", "1", "--quiet", "--device", "cpu"]
     argv += ["--l-freq", "none", "--h-freq", "none", "--notch-freq", "none"]
     parser = argparse.ArgumentParser()
@@ -291,3 +291,48 @@ def test_cli_folds_from_the_config_prints_the_cv_estimate(data, tmp_path, capsys
     loaded = load_model(out)
     assert isinstance(loaded.model, SpecMoEEnsemble) and loaded.model.n_members == 2
     assert loaded.config.finetune.folds == 2
+
+
+def test_calibration_refuses_an_ensemble_base(cv_run):
+    from rtmoe.calibration.fit import FitError, fit_subject
+
+    loaded = load_model(cv_run.checkpoint)
+    X = np.zeros((20, loaded.task.n_chans, loaded.task.n_times), np.float32)
+    with pytest.raises(FitError, match=r"ensemble of 3 fold models.*--folds 1"):
+        fit_subject(loaded, X, np.repeat([0, 1], 10), loaded.task.labels)
+
+
+def test_live_runtime_decodes_the_ensemble_at_every_hop(tmp_path):
+    """`rtmoe stream`'s loop on a real LSL outlet: each decode is the ensemble's mean
+    probabilities (and mean gates) on the same window of the whole-stream preprocessing."""
+    pytest.importorskip("pylsl")
+    pytest.importorskip("zmq")
+    import test_runtime as live
+
+    from rtmoe.models.specmoe import TaskConfig, build_specmoe, ensemble_meta, specmoe_meta
+
+    config = Config().replace(model=model_config("tiny"), moe={"n_experts": 2})
+    task = TaskConfig(
+        name="synthetic", ch_names=live.MODEL_CHANS, n_times=live.N_TIMES, labels=("a", "b")
+    )
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        member = build_specmoe(config, task, config.moe).train()
+        with torch.no_grad():  # BatchNorm statistics of EEG-scaled input
+            for _ in range(3):
+                member(0.3 * torch.randn(8, task.n_chans, live.N_TIMES))
+        members.append(member.eval())
+    ensemble = SpecMoEEnsemble(members).eval()
+    meta = specmoe_meta(task) | ensemble_meta(ensemble)
+    path = save_checkpoint(tmp_path / "ens", ensemble, config, kind="specmoe", meta=meta)
+    pusher = live.Pusher(("C3", "Cz", "C4"), 200.0, duration_s=1.6)
+    runtime, _, decodes, _ = live._run(path, pusher, 2.0)
+    assert isinstance(runtime.loaded.model, SpecMoEEnsemble) and runtime.engine.n_experts == 2
+    assert len(decodes) >= 8 and list(decodes[0].gates) == ["expert_0", "expert_1"]
+    live._offline_check(runtime, pusher, decodes, index=np.array([0, 2, 1]))
+    # The ensemble's output is the members' mean probabilities, so decodes are too.
+    x = 0.3 * torch.randn(1, task.n_chans, live.N_TIMES)
+    with torch.no_grad():
+        mean_p = torch.stack([m(x).softmax(-1) for m in members]).mean(0)
+        torch.testing.assert_close(ensemble(x).softmax(-1), mean_p)
