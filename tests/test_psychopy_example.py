@@ -6,6 +6,7 @@ PsychoPy itself is not installed here: the window path of the example (``BarView
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -119,6 +120,27 @@ def test_decode_feedback_smooths_once_per_decode_and_refuses_stale():
             assert frame.probability == pytest.approx(0.9) and frame.age_s > 1.9
             fb.reset()
             assert fb.update("left_hand").value is None
+
+
+def test_decode_feedback_ignores_invalid_decodes():
+    with ZmqPublisher("tcp://127.0.0.1:0") as pub:
+        with DecodeFeedback(pub.address, max_age_s=0.5) as fb:
+            for _ in range(200):  # until the subscription reached the publisher
+                pub.publish(decode_msg(5))  # p(left_hand) = 0.5
+                time.sleep(0.01)
+                if fb.update("left_hand").seq == 5:
+                    break
+            assert fb.update("left_hand").value == pytest.approx(0.5)
+            bad = dataclasses.replace(
+                decode_msg(9), valid=False, flat_channels=3, invalid_reason="3 of 3 channels flat"
+            )
+            pub.publish(bad)  # p(left_hand) = 0.9, but the signal is bad
+            frame = _until(lambda: fb.update("left_hand"), lambda f: f.seq == 9)
+            assert not frame.valid and frame.invalid_reason == "3 of 3 channels flat"
+            assert frame.value == pytest.approx(0.5) and not frame.stale  # not moved
+            pub.publish(decode_msg(8))
+            frame = _until(lambda: fb.update("left_hand"), lambda f: f.seq == 8)
+            assert frame.valid and frame.value == pytest.approx(0.8)
 
 
 def _until(get, ok, timeout_s: float = 3.0):
