@@ -553,3 +553,14 @@ def test_cli_sighup_while_waiting_and_ctrl_c_during_start_up_exit_0(short_model)
         proc.kill()
     assert proc.returncode == 0, err
     assert "0 decodes" in out and "Traceback" not in err
+
+
+def test_cli_refuses_bad_wait_and_age_before_loading(capsys):
+    from rtmoe.cli import main
+
+    assert main(["stream", "--lsl", "x", "--max-age-s", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-age-s 0" in err and "must be > 0" in err
+    assert main(["stream", "--lsl", "x", "--wait-s", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--wait-s -1" in err and "must be >= 0" in err
