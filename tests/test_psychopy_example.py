@@ -273,6 +273,7 @@ def test_headless_neurofeedback_against_rtmoe_demo(tmp_path, capsys):
     log_path = tmp_path / "nf.jsonl"
     argv = ["--headless", "--address", address, "--duration-s", "6", "--trial-s", "2"]
     argv += ["--log", str(log_path), "--no-markers", "--max-age-s", "1.0"]
+    argv += ["--first-decode-timeout-s", "120"]  # the demo's start-up on a loaded machine
     assert main(argv) == 0
     demo.join(20.0)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
