@@ -336,3 +336,21 @@ def test_live_runtime_decodes_the_ensemble_at_every_hop(tmp_path):
     with torch.no_grad():
         mean_p = torch.stack([m(x).softmax(-1) for m in members]).mean(0)
         torch.testing.assert_close(ensemble(x).softmax(-1), mean_p)
+
+
+def test_regression_folds_average_outputs(tmp_path):
+    X, _ = _trials(6, seed=5)
+    target = np.linspace(0, 1, len(X))
+    cfg = FinetuneConfig(**QUICK, folds=3)
+    result = finetune(
+        X, target, SFREQ_IN, CH_NAMES, signal=SIGNAL, model_name="tiny", cfg=cfg,
+        moe=MoEConfig(n_experts=1), regression=True, out=tmp_path / "reg", progress=False,
+    )  # fmt: skip
+    assert set(result.cv) == {"pearson_r", "r2", "rmse"}
+    loaded = load_specmoe(result.checkpoint)
+    assert loaded.checkpoint.meta["ensemble"]["combine"] == "mean_outputs"
+    Xp = torch.from_numpy(preprocess_trials(X, SFREQ_IN, loaded.config.signal))
+    with torch.no_grad():
+        want = torch.stack([m(Xp) for m in loaded.model.members]).mean(0)
+    ev = evaluate(loaded, X, target, SFREQ_IN, CH_NAMES)
+    np.testing.assert_allclose(ev.outputs, want.numpy(), rtol=0, atol=1e-6)
