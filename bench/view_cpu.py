@@ -227,6 +227,13 @@ def _view_state(url: str) -> dict:
         return json.loads(response.read())["view"] or {}
 
 
+def _page_draws(url: str) -> tuple[int, float]:
+    """(redraws, the page's Date.now() in s) from the page's newest report (1st page)."""
+    with urllib.request.urlopen(url + "report?name=bench", timeout=5.0) as response:
+        report = json.loads(response.read()) or {}
+    return int(report.get("draws") or 0), float(report.get("reportMs") or 0) / 1000.0
+
+
 def _phase(name, args, stream, collector, zmq_address, profile_root) -> dict:
     view = pages = None
     view_procs: list[psutil.Process] = []
@@ -236,7 +243,7 @@ def _phase(name, args, stream, collector, zmq_address, profile_root) -> dict:
         )
         line = view.stdout.readline()
         url = line.split()[2]
-        pages = _open_pages(url, args.pages, profile_root)
+        pages = _open_pages(url + "?report=1&report_ms=2000&name=bench", args.pages, profile_root)
         deadline = time.monotonic() + 60.0
         while _view_state(url).get("pages", 0) < args.pages:
             if time.monotonic() > deadline:
@@ -246,6 +253,7 @@ def _phase(name, args, stream, collector, zmq_address, profile_root) -> dict:
         view_procs = [psutil.Process(view.pid)]
     stream_procs = [psutil.Process(stream.pid)] if args.source == "stream" else []
     page_procs = [p for page in pages or [] for p in _tree(page.pid)]
+    draws0 = _page_draws(url) if view else None
     t0, c_view, c_page, c_stream = (
         time.monotonic(),
         _cpu_s(view_procs),
@@ -256,12 +264,15 @@ def _phase(name, args, stream, collector, zmq_address, profile_root) -> dict:
     page_procs = [p for page in pages or [] for p in _tree(page.pid)]
     t1 = time.monotonic()
     wall = t1 - t0
+    draws1 = _page_draws(url) if view else None
     row = {
         "phase": name,
         "view_cpu_pct": 100 * (_cpu_s(view_procs) - c_view) / wall if view else None,
         "page_cpu_pct": 100 * (_cpu_s(page_procs) - c_page) / wall if pages else None,
         "stream_cpu_pct": 100 * (_cpu_s(stream_procs) - c_stream) / wall if stream_procs else None,
     }
+    if view:  # the page reports a few times a second: its redraws per second
+        row["page_redraws_per_s"] = (draws1[0] - draws0[0]) / (draws1[1] - draws0[1])
     rows = collector.between(t0, t1)
     row["decodes_per_s"] = len(rows) / wall
     if len(rows) and args.source == "stream":
@@ -333,13 +344,14 @@ def main(argv: list[str] | None = None) -> int:
         return "–" if v is None else format(v, spec)
 
     print(
-        "\n| phase | decodes/s | view CPU % of a core | browser CPU % | runtime CPU % | "
-        "latency p50 / p99 ms | compute p50 ms |\n|---|---|---|---|---|---|---|"
+        "\n| phase | decodes/s | view CPU % of a core | browser CPU % | page redraws/s | "
+        "runtime CPU % | latency p50 / p99 ms | compute p50 ms |\n|---|---|---|---|---|---|---|---|"
     )
     for r in results:
         print(
             f"| {r['phase']} | {r['decodes_per_s']:.1f} | {fmt(r['view_cpu_pct'], '.2f')} | "
-            f"{fmt(r['page_cpu_pct'])} | {fmt(r['stream_cpu_pct'])} | "
+            f"{fmt(r['page_cpu_pct'])} | {fmt(r.get('page_redraws_per_s'))} | "
+            f"{fmt(r['stream_cpu_pct'])} | "
             f"{fmt(r.get('latency_p50'))} / {fmt(r.get('latency_p99'))} | "
             f"{fmt(r.get('compute_p50'))} |"
         )

@@ -22,7 +22,8 @@ Endpoints
     answers only when :meth:`ViewServer.release` is called (or after ``hold_timeout_s``),
     so a headless browser's ``--dump-dom``/``--screenshot`` is taken after live updates;
     a page opened with ``?report=1`` posts what it shows to ``/report`` a few times a
-    second (:meth:`ViewServer.report`).
+    second (``&report_ms=`` sets the period), under ``&name=NAME`` or its hold's name
+    (:meth:`ViewServer.report`, or ``GET /report?name=NAME``).
 
 The HTTP server binds 127.0.0.1 unless ``allow_remote`` (the page is neither
 authenticated nor encrypted), and refuses requests whose ``Host`` header is not this
@@ -263,7 +264,7 @@ class ViewServer:
             self._holds[name].set()
 
     def report(self, name: str) -> dict[str, Any] | None:
-        """The newest ``/report`` posted by the page opened with ``?hold=NAME``."""
+        """The newest ``/report`` of the page opened with ``?name=NAME`` (or ``?hold=NAME``)."""
         with self._lock:
             return self._reports.get(name)
 
@@ -397,7 +398,7 @@ class ViewServer:
         data = json.loads(body)
         if isinstance(data, dict):
             with self._lock:
-                self._reports[str(data.get("hold"))] = data
+                self._reports[str(data.get("name"))] = data
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -445,6 +446,9 @@ def _handler_for(view: ViewServer) -> type[BaseHTTPRequestHandler]:
                 with view._hub.cond:
                     body = view._hub.snapshot()
                 self._send(HTTPStatus.OK, body, "application/json")
+            elif url.path == "/report":
+                report = view.report(parse_qs(url.query).get("name", [""])[0])
+                self._send(HTTPStatus.OK, json.dumps(report).encode(), "application/json")
             elif url.path == "/hold":
                 view._hold(parse_qs(url.query).get("name", [""])[0])
                 self._send(HTTPStatus.OK, b"", "text/plain")

@@ -10,13 +10,16 @@
 (() => {
   const params = new URLSearchParams(location.search);
   const HOLD = params.get("hold"); // test hook: delays the page's load event (server.py)
-  const REPORT = params.get("report") === "1"; // test hook: post what is shown
-  const DRAW_MS = 50; // 20 redraws a second
+  const REPORT = params.get("report") === "1"; // test hook: post what is shown...
+  const REPORT_MS = Number(params.get("report_ms")) || 200; // ... this often
+  const DRAW_MS = 90; // about 11 redraws a second (decodes come at 10 Hz)
   const HEARTBEAT_LOST_S = 3; // protocol.md: no status for 3 s means the runtime is gone
   const LATENCY_KEEP = 600; // decodes in the latency histogram (1 min at 10 Hz)
   const COLORS = ["#58a6ff", "#f78166", "#3fb950", "#d2a8ff", "#e3b341", "#39c5cf",
                   "#ff7eb6", "#a5d6ff", "#ffa657", "#7ee787"];
   const $ = (id) => document.getElementById(id);
+  // Only touch the DOM when the text changes (each change costs a layout and a paint).
+  const setText = (el, text) => { if (el.textContent !== text) el.textContent = text; };
   const live = $("live");
 
   if (HOLD) {
@@ -220,9 +223,9 @@
     const p50 = quantile(sorted, 0.5), p99 = quantile(sorted, 0.99);
     const c50 = quantile(S.compute.slice().sort((a, b) => a - b), 0.5);
     const fmt = (v) => (v === null ? "–" : v.toFixed(1));
-    $("p50").textContent = fmt(p50);
-    $("p99").textContent = fmt(p99);
-    $("compute").textContent = fmt(c50);
+    setText($("p50"), fmt(p50));
+    setText($("p99"), fmt(p99));
+    setText($("compute"), fmt(c50));
     live.dataset.p50 = p50 === null ? "" : String(p50);
     live.dataset.p99 = p99 === null ? "" : String(p99);
     live.dataset.latencyCount = String(sorted.length);
@@ -306,8 +309,8 @@
   function renderHeader() {
     const state = shownState();
     const el = $("state");
-    el.textContent = state;
-    el.className = state;
+    setText(el, state);
+    if (el.className !== state) el.className = state;
     el.title = state === "GONE" ? `no heartbeat for over ${HEARTBEAT_LOST_S} s` : "";
     if (state !== S.shownState) {
       S.shownState = state;
@@ -320,22 +323,23 @@
     }
     const v = S.view;
     const link = $("link");
-    if (!S.connected) link.textContent = "view server unreachable (retrying)";
+    if (!S.connected) setText(link, "view server unreachable (retrying)");
     else if (v) {
-      const age = S.status ? ((performance.now() - S.statusAt) / 1000).toFixed(1) : "–";
-      link.textContent = `${v.zmq_address} · last status ${age} s ago`
-        + (v.bad_messages ? ` · ${v.bad_messages} refused (${v.last_error})` : "");
+      const age = S.status ? Math.floor((performance.now() - S.statusAt) / 1000) : "–";
+      setText(link, `${v.zmq_address} · last status < ${age + 1} s ago`
+        + (v.bad_messages ? ` · ${v.bad_messages} refused (${v.last_error})` : ""));
     }
     const st = S.status;
     const box = $("errorbox");
-    if (st && (st.error || st.error_detail)) {
-      box.style.display = "block";
-      box.textContent = `${st.error || "error"}: ${st.error_detail || ""}`;
-    } else if (state === "GONE") {
-      box.style.display = "block";
-      box.textContent = `no status from ${v ? v.zmq_address : "the runtime"} for over `
+    let problem = "";
+    if (st && (st.error || st.error_detail)) problem = `${st.error || "error"}: ${st.error_detail || ""}`;
+    else if (state === "GONE") {
+      problem = `no status from ${v ? v.zmq_address : "the runtime"} for over `
         + `${HEARTBEAT_LOST_S} s: rtmoe stopped or is unreachable`;
-    } else box.style.display = "none";
+    }
+    setText(box, problem);
+    const display = problem ? "block" : "none";
+    if (box.style.display !== display) box.style.display = display;
   }
 
   const ORDER = ["state", "error", "error_detail", "sfreq", "sfreq_declared", "sfreq_clock",
@@ -413,9 +417,10 @@
 
   if (REPORT) {
     setInterval(() => {
-      const body = JSON.stringify(Object.assign({ hold: HOLD }, live.dataset));
+      const name = params.get("name") || HOLD || "";
+      const body = JSON.stringify(Object.assign({ name, reportMs: Date.now() }, live.dataset));
       fetch("/report", { method: "POST", body, headers: { "Content-Type": "application/json" } })
         .catch(() => {});
-    }, 200);
+    }, REPORT_MS);
   }
 })();
