@@ -484,8 +484,9 @@ def finetune(
     for fold, (train_idx, val_idx) in enumerate(splits):
         seed = cfg.seed if cfg.folds == 1 else fold_seed(cfg.seed, fold)
         torch.manual_seed(seed)
-        # Each fold fine-tunes its own copy of the pretrained experts.
-        fold_experts = copy.deepcopy(loaded) if loaded is not None and fold > 0 else loaded
+        # Each fold fine-tunes its own copy of the pretrained experts (training changes
+        # the modules in place, so no fold may start from another's).
+        fold_experts = copy.deepcopy(loaded) if loaded is not None and cfg.folds > 1 else loaded
         model = build_specmoe(config, task, moe, fold_experts).to(device)
         if psd_all is None:
             psd_all = model.psd(x_all)  # fixed per trial: computed once

@@ -213,8 +213,19 @@ def test_unknown_ensemble_version_is_refused(cv_run, tmp_path):
         load_specmoe(copy)
 
 
-def test_folds_copy_the_pretrained_experts(tmp_path):
-    """Each fold fine-tunes its own experts: none shares a tensor with another fold's."""
+def test_folds_copy_the_pretrained_experts(tmp_path, monkeypatch):
+    """Each fold starts from the pretrained experts and fine-tunes its own copy."""
+    from rtmoe.checkpoint import load_checkpoint
+    from rtmoe.offline import finetune as finetune_mod
+
+    starts = []
+    fit = finetune_mod._fit
+
+    def recording_fit(model, *args, **kwargs):
+        starts.append({k: v.clone() for k, v in model.state_dict().items()})
+        return fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_mod, "_fit", recording_fit)
     config = Config().replace(model=model_config("tiny"))
     paths = []
     for k in range(2):
@@ -231,6 +242,13 @@ def test_folds_copy_the_pretrained_experts(tmp_path):
     a, b = (list(m.expert_parameters()) for m in result.model.members)
     assert {p.data_ptr() for p in a}.isdisjoint(p.data_ptr() for p in b)
     assert any(not torch.equal(p, q) for p, q in zip(a, b, strict=True))  # trained apart
+    assert len(starts) == 2
+    for k, path in enumerate(paths):
+        pretrained = load_checkpoint(path).weights
+        for start in starts:  # the second fold too: not the first fold's fine-tuned experts
+            prefix = f"experts.{k}."
+            ours = {n[len(prefix) :]: v for n, v in start.items() if n.startswith(prefix)}
+            assert ours and all(torch.equal(v, pretrained[f"encoder.{n}"]) for n, v in ours.items())
 
 
 # -- folds = 1: as before --------------------------------------------------------------
