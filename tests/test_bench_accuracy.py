@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from rtmoe.offline.corpus.devdata import load_dev_split
 from rtmoe.metrics import classification_metrics
+from rtmoe.offline.corpus.devdata import load_dev_split
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "accuracy.py"
 
