@@ -239,6 +239,30 @@ def test_non_finite_loss_aborts_without_writing(tmp_path):
     assert not (out / pt.CHECKPOINT_DIR).exists()
 
 
+def test_resume_a_run_saved_before_config_fields_were_added(corpus_root, tmp_path):
+    """A run saved by an older rtmoe (its config.toml lacks a field added since) resumes:
+    the missing field takes its default, so the settings are the same."""
+    import tomllib
+
+    import tomli_w
+
+    from rtmoe.checkpoint import file_config_hash
+
+    cfg = _cfg()
+    pt.pretrain_expert(corpus_root, tmp_path / "r", cfg, 0, max_steps=2, device="cpu",
+                       progress=False)  # fmt: skip
+    ckpt = load_checkpoint(tmp_path / "r").path
+    tree = tomllib.loads((ckpt / "config.toml").read_text())
+    del tree["finetune"]["folds"]  # added after such a run was saved
+    (ckpt / "config.toml").write_text(tomli_w.dumps(tree))
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["config_hash"] = file_config_hash(ckpt / "config.toml")  # as that version wrote it
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    resumed = pt.pretrain_expert(corpus_root, tmp_path / "r", cfg, 0, max_steps=3, resume=True,
+                                 device="cpu", progress=False)  # fmt: skip
+    assert resumed.step == 3
+
+
 def test_command_line_run_resume_and_errors(corpus_root, tmp_path, capsys):
     toml = tmp_path / "cfg.toml"
     save_config(_cfg(epochs=2), toml)

@@ -117,7 +117,9 @@ def resume_run(
     meta = ckpt.meta
     if ckpt.kind != EXPERT_KIND:
         raise UserError(f"--resume: {ckpt.path} is a {ckpt.kind!r}, not a {EXPERT_KIND!r}")
-    if meta["config_hash"] != config_hash(cfg):
+    # Compare the run's config as this version reads it (fields added since then take
+    # their defaults), not meta's hash of the tree as it was saved.
+    if config_hash(ckpt.config) != config_hash(cfg):
         raise UserError(
             f"--resume: the config differs from the one of {ckpt.path} in "
             f"{_config_diff(ckpt.config, cfg)}; resume with that run's config (it is in "

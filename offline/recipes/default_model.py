@@ -1,7 +1,8 @@
 """Recipe of the shipped default model: ``python -m rtmoe.offline.recipes.default_model --out DIR``.
 
-One command, four stages, each skipped when its output already exists (so an
-interrupted run continues where it stopped)::
+One command, four stages, each skipped once it has finished (``timings.json`` records
+it), so an interrupted run continues where it stopped; an interrupted expert resumes
+from its last checkpoint::
 
     DIR/corpus        the TRAIN splits of both development data sets (labels unused)
     DIR/expert{0,1,2} three ``small`` SpecHi-Net experts, one per corpus partition
@@ -57,9 +58,14 @@ def pretrain_experts(out: Path, cfg: Config, progress: bool = True) -> list[Path
     experts = []
     for k in range(cfg.corpus.n_partitions):
         run = out / f"expert{k}"
-        if not (run / LATEST_FILE).exists():
+        timings = out / "timings.json"
+        if f"expert{k}" not in (json.loads(timings.read_text()) if timings.exists() else {}):
+            # An interrupted expert resumes where it stopped (its LATEST checkpoint).
             started = time.monotonic()
-            result = pretrain_expert(corpus, run, cfg, k, device="cpu", progress=progress)
+            result = pretrain_expert(
+                corpus, run, cfg, k, device="cpu", progress=progress,
+                resume=(run / LATEST_FILE).exists(),
+            )  # fmt: skip
             _timed(out, f"expert{k}", started)
             last = result.val[-1]
             print(
