@@ -22,6 +22,7 @@ from rtmoe.calibration.epochs import Trials, epoch_recording, parse_classes
 from rtmoe.calibration.fit import ALIGNMENTS, TUNINGS, FitError, confusion_png, fit_subject
 from rtmoe.calibration.quality import format_report, quality_report
 from rtmoe.calibration.record import TrialCounter, record_lsl, record_replay
+from rtmoe.console import StatusLine
 from rtmoe.calibration.session import Session, SessionError, read_meta, read_session
 from rtmoe.cli import Command, UserError
 from rtmoe.config import RuntimeConfig, add_config_arguments, config_from_args
@@ -272,9 +273,11 @@ def _record(
             counter.add_samples(kept.times)
         stopped_by = "Ctrl-C"
 
+        line = StatusLine(period_s=0.0)  # record_lsl reports once per progress period
+
         def show(p) -> None:
             if not args.quiet:
-                print(f"\r{p.line()}   ", end="", file=sys.stderr, flush=True)
+                line.update(p.line())
 
         markers_of = {c: sorted(k for k, v in class_map.items() if v == c) for c in labels}
         print(
@@ -300,8 +303,7 @@ def _record(
             print(f"\nrecording stopped, {stopped_by}; everything so far is kept", flush=True)
         finally:
             session.close(stopped_by=stopped_by)
-            if not args.quiet:
-                print(file=sys.stderr)
+            line.close()
     finally:
         markers.close()
         eeg.close()

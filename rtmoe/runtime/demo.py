@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import secrets
 import signal
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rtmoe.config import RuntimeConfig
+from rtmoe.console import StatusLine
 from rtmoe.models.specmoe import LoadedSpecMoE
 from rtmoe.runtime.loop import RunSummary, Runtime
 from rtmoe.stream.lsl import resolve_stream
@@ -202,6 +202,7 @@ def run_demo(
         player.start()
         thread.start()
         latencies: list[float] = []
+        line = StatusLine() if console else None
         last: DecodeMessage | None = None
         try:
             while thread.is_alive() or sub.poll(0):
@@ -214,8 +215,8 @@ def run_demo(
                 for stamp, label in markers.pull():
                     scorer.add_marker(stamp, label)
                 scorer.score()
-                if console:
-                    print(f"\r{_line(runtime, last, scorer)}\033[K", end="", file=sys.stderr)
+                if line is not None:
+                    line.update(_line(runtime, last, scorer))
         except KeyboardInterrupt:
             runtime.stop()
         finally:
@@ -226,8 +227,8 @@ def run_demo(
             markers.close()
             if view is not None:
                 view.close()
-            if console:
-                print(file=sys.stderr)
+            if line is not None:
+                line.close()
     if isinstance(result["run"], BaseException):
         raise result["run"]
     scorer.score(final=True)

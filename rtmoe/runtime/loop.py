@@ -64,7 +64,6 @@ from __future__ import annotations
 import itertools
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -75,6 +74,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from rtmoe.console import StatusLine
 from rtmoe.config import RuntimeConfig
 from rtmoe.dsp.spectral import welch_nperseg, welch_psd
 from rtmoe.engine import build_engine
@@ -440,6 +440,7 @@ class Runtime:
         ``STOPPING`` status is published first).
         """
         restore = self._install_signal_handlers()
+        line = StatusLine(period_s=0.0) if console else None  # one line per status period
         clock = self._clock
         self._started_s = start = clock()
         try:
@@ -450,15 +451,15 @@ class Runtime:
                 self.step(self._poll_s)
                 if self._heartbeat.due(now):
                     self._publish_status(now)
-                    if console:
-                        self._print_console()
+                    if line is not None:
+                        line.update(self.console_line())
         finally:
             restore()
             summary = self.summary()
             self.state = RuntimeState.STOPPING
             self._publish_status(clock())
-            if console:
-                print(file=sys.stderr)
+            if line is not None:
+                line.close()
             self.close()
         return summary
 
@@ -817,9 +818,6 @@ class Runtime:
         self._lag_prev = lag if math.isfinite(lag) else -math.inf
         self._lag_now = math.inf
         self.status_seq += 1
-
-    def _print_console(self) -> None:
-        print(f"\r{self.console_line()}\033[K", end="", file=sys.stderr, flush=True)
 
     def _kept(self, records: np.ndarray) -> np.ndarray:
         n = records.shape[0]
