@@ -167,7 +167,8 @@
     const step = span > 20 ? 10 : span > 8 ? 5 : span > 3 ? 2 : 1;
     for (let s = 0; s <= span + 1e-9; s += step) {
       const x = PAD.l + (w - PAD.l - PAD.r) * (1 - s / span);
-      ctx.fillText(s === 0 ? "now" : `-${s} s`, x, h - PAD.b + 3);
+      ctx.textAlign = s === 0 ? "right" : s + step > span + 1e-9 ? "left" : "center";
+      ctx.fillText(s === 0 ? "now" : `-${s} s`, s === 0 ? w - PAD.r : x, h - PAD.b + 3);
     }
     return t1;
   }
