@@ -189,9 +189,10 @@ class Demo:
     """The shipped SCP1 demo recording, saved once as .npy for the sender processes."""
 
     def __init__(self, work: Path) -> None:
-        from rtmoe.stream.replay import demo_recording_path, load_replay
+        from rtmoe.stream.replay import demo_recording_path
+        from rtmoe.recording import read_recording
 
-        self.recording = load_replay(demo_recording_path())
+        self.recording = read_recording(demo_recording_path())
         self.sfreq = self.recording.sfreq
         self.labels = self.recording.ch_names
         self.work = work

@@ -47,13 +47,14 @@ def run_live(model: str, n_trials: int, speed: float, chunk_ms: float) -> tuple[
     """(markers, decodes, stream summary) of one live run over the first ``n_trials``."""
     import zmq
 
+    from rtmoe.recording import read_recording
     from rtmoe.stream.lsl import resolve_stream
     from rtmoe.stream.markers import MarkerInlet
     from rtmoe.stream.player import Player
-    from rtmoe.stream.replay import demo_recording_path, load_replay
+    from rtmoe.stream.replay import demo_recording_path
     from rtmoe.transport import TOPIC_DECODE, TOPIC_STATUS, DecodeMessage, decode
 
-    replay = load_replay(demo_recording_path())
+    replay = read_recording(demo_recording_path())
     name = f"parity-{secrets.token_hex(4)}"
     duration_s = n_trials * TRIAL_SAMPLES / replay.sfreq
     with Player(replay, name=name, speed=speed, chunk_ms=chunk_ms, duration_s=duration_s) as player:

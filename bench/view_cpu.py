@@ -114,9 +114,10 @@ def _tiny_model(folder: str) -> str:
     from rtmoe.config import Config
     from rtmoe.models.registry import model_config
     from rtmoe.models.specmoe import SPECMOE_KIND, TaskConfig, build_specmoe, specmoe_meta
-    from rtmoe.stream.replay import demo_recording_path, load_replay
+    from rtmoe.stream.replay import demo_recording_path
+    from rtmoe.recording import read_recording
 
-    chans = tuple(load_replay(demo_recording_path()).ch_names)
+    chans = tuple(read_recording(demo_recording_path()).ch_names)
     config = Config().replace(model=model_config("tiny"), moe={"n_experts": 3})
     task = TaskConfig(
         name="bench-tiny", ch_names=chans, n_times=400, labels=("negativity", "positivity")

@@ -206,9 +206,9 @@ def _record(
 
     task, sig = base.task, base.config.signal
     if args.from_file is not None:
-        from rtmoe.stream.replay import load_replay
+        from rtmoe.recording import read_recording
 
-        replay = load_replay(args.from_file)
+        replay = read_recording(args.from_file)
         index_fn(replay.ch_names)
         source = {
             "kind": "file",

@@ -566,14 +566,14 @@ def test_cues_in_the_first_seconds_of_a_run_are_kept(tmp_path, base_dir, capsys)
 
     pytest.importorskip("pylsl")
     from rtmoe.stream.player import Player
-    from rtmoe.stream.replay import load_replay
+    from rtmoe.recording import read_recording
 
     fif, y = build_trials_fif(tmp_path / "first_eeg.fif", "train", 24, seed=3)
     name = f"first-{uuid.uuid4().hex[:8]}"
     argv = ["--subject", "S01", "--lsl", name, "--markers", f"{name}-markers",
             "--model", str(base_dir), "--profiles-dir", str(tmp_path / "p"), "--no-fit",
             "--idle-stop-s", "1.5", "--quiet"]  # fmt: skip
-    with Player(load_replay(fif), name=name, speed=20.0, chunk_ms=100) as player:
+    with Player(read_recording(fif), name=name, speed=20.0, chunk_ms=100) as player:
 
         def start_with_the_eeg_inlet() -> None:
             # As an experiment already running would: cues flow as soon as EEG is read.

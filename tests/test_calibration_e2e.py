@@ -29,14 +29,17 @@ from rtmoe.calibration.session import Session, read_session  # noqa: E402
 from rtmoe.config import RuntimeConfig  # noqa: E402
 from rtmoe.models.shipped import load_model  # noqa: E402
 from rtmoe.profiles import load_profile  # noqa: E402
-from rtmoe.recording import Recording  # noqa: E402
+from rtmoe.recording import (
+    Recording,  # noqa: E402
+    read_recording,  # noqa: E402
+)
 from rtmoe.runtime.loop import Runtime  # noqa: E402
 from rtmoe.signal import apply_alignment  # noqa: E402
 from rtmoe.signal.channels import map_channels  # noqa: E402
 from rtmoe.stream.lsl import LslSource, resolve_stream  # noqa: E402
 from rtmoe.stream.markers import MarkerInlet  # noqa: E402
 from rtmoe.stream.player import Player  # noqa: E402
-from rtmoe.stream.replay import demo_recording_path, load_replay  # noqa: E402
+from rtmoe.stream.replay import demo_recording_path  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -65,7 +68,7 @@ def test_calibrate_over_lsl_then_live_accuracy_equals_offline(tmp_path, capsys):
 
     # 1. Calibration: train trials replayed as EEG + marker streams.
     name = f"cal-{uuid.uuid4().hex[:8]}"
-    with Player(load_replay(train_fif), name=name, speed=SPEED, chunk_ms=100) as player:
+    with Player(read_recording(train_fif), name=name, speed=SPEED, chunk_ms=100) as player:
         starter = _start_when_connected(player)
         argv = ["--subject", "S01", "--lsl", name, "--markers", f"{name}-markers",
                 "--model", str(base_dir), "--profiles-dir", str(profiles),
@@ -85,7 +88,7 @@ def test_calibrate_over_lsl_then_live_accuracy_equals_offline(tmp_path, capsys):
 
     # 2. Live: the first test trials of the shipped demo through the runtime + profile
     #    (what `rtmoe stream --subject S01` builds).
-    demo = load_replay(demo_recording_path())
+    demo = read_recording(demo_recording_path())
     live = f"live-{uuid.uuid4().hex[:8]}"
     cfg = RuntimeConfig(
         hop_ms=3500.0, engine="torch", device="cpu", zmq_address="tcp://127.0.0.1:0",
@@ -170,7 +173,7 @@ def test_ctrl_c_then_resume_over_lsl_keeps_every_trial(tmp_path, capsys):
     """Ctrl-C mid-session (the cue sender pauses too), then the same command resumes."""
     base_dir = make_base_model(tmp_path / "base")
     fif, y = build_trials_fif(tmp_path / "t_eeg.fif", "train", 24, seed=1)
-    whole = load_replay(fif)
+    whole = read_recording(fif)
     half = 12 * TRIAL_SAMPLES
     parts = [
         Recording(whole.data[:, :half], whole.sfreq, whole.ch_names, whole.markers[:12]),

@@ -12,7 +12,7 @@ from pathlib import Path
 import mne
 import numpy as np
 import pytest
-from rtmoe.offline.corpus import InputError
+from rtmoe.recording import InputError
 from rtmoe.offline.corpus.build import build_corpus, build_dev_corpus
 from rtmoe.offline.corpus.cli import command
 from rtmoe.offline.corpus.devdata import DEV_CH_NAMES, dev_data_dir, dev_ts_path, load_dev_split
@@ -21,7 +21,7 @@ from rtmoe.offline.corpus.preprocess import (
     segment,
     select_channels,
 )
-from rtmoe.offline.corpus.readers import find_recordings, read_recording
+from rtmoe.recording import find_recordings, read_recording
 from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter, partition_recordings
 from rtmoe.offline.corpus.ts import read_ts
 from scipy import signal

@@ -1,4 +1,4 @@
-"""load_replay, Player and ``rtmoe play`` against real LSL inlets on this machine.
+"""read_recording, Player and ``rtmoe play`` against real LSL inlets on this machine.
 
 Every stream has a unique name, every wait a deadline. A synthetic FIF with a counter
 channel and off-sample annotations gives known answers; the shipped demo recording is
@@ -18,10 +18,10 @@ import pytest
 pylsl = pytest.importorskip("pylsl")
 mne = pytest.importorskip("mne")
 
-from rtmoe.recording import Marker, Recording  # noqa: E402
+from rtmoe.recording import InputError, Marker, Recording, read_recording  # noqa: E402
 from rtmoe.stream.lsl import LslSource, resolve_stream  # noqa: E402
 from rtmoe.stream.player import Player, command  # noqa: E402
-from rtmoe.stream.replay import demo_recording_path, load_replay  # noqa: E402
+from rtmoe.stream.replay import demo_recording_path  # noqa: E402
 
 SFREQ = 200.0
 N_TIMES = 300  # 1.5 s
@@ -49,7 +49,7 @@ def synthetic_fif(tmp_path):
     raw.set_meas_date(datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC))
     onsets, labels = zip(*ANNOTATIONS, strict=True)
     # orig_time=None: onsets count from the first sample; the file stores them from the
-    # measurement date, which load_replay must undo.
+    # measurement date, which read_recording must undo.
     raw.set_annotations(mne.Annotations(onsets, [0.1, 0.1, 0.1, 0.0], labels))
     path = tmp_path / "synthetic_eeg.fif"
     raw.save(path, verbose="error")
@@ -110,40 +110,40 @@ def _stream(replay: Recording, n_expected: int, n_markers: int, **player_kwargs)
     return player, data, stamps, arrivals, labels, marker_stamps, elapsed_s
 
 
-def test_load_replay_eeg_in_uv_and_markers_on_samples(synthetic_fif):
+def test_read_recording_eeg_in_uv_and_markers_on_samples(synthetic_fif):
     with pytest.warns(UserWarning, match="1 annotation"):
-        replay = load_replay(synthetic_fif)
+        replay = read_recording(synthetic_fif)
     assert replay.ch_names == ("Cz", "Pz", "Oz")  # the stim channel is not EEG
-    assert replay.data.dtype == np.float32 and replay.data.shape == (3, N_TIMES)
+    assert replay.data.dtype == np.float64 and replay.data.shape == (3, N_TIMES)
     assert replay.sfreq == SFREQ
     np.testing.assert_allclose(replay.data, _signals(N_TIMES)[:3], rtol=1e-6, atol=1e-6)
     assert [m.label for m in replay.markers] == ["left", "right", "left"]
     assert [m.onset_s * SFREQ for m in replay.markers] == EXPECTED_SAMPLES
 
 
-def test_load_replay_errors(tmp_path):
+def test_read_recording_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_replay(tmp_path / "absent_eeg.fif")
+        read_recording(tmp_path / "absent_eeg.fif")
     junk = tmp_path / "junk_eeg.fif"
     junk.write_bytes(b"not a fif file")
-    with pytest.raises(ValueError, match="MNE cannot read it"):
-        load_replay(junk)
+    with pytest.raises(InputError, match="cannot be read as EEG"):
+        read_recording(junk)
     misc = tmp_path / "misc_raw.fif"
     info = mne.create_info(["a", "b"], SFREQ, "misc")
     mne.io.RawArray(np.zeros((2, 10)), info, verbose="error").save(misc, verbose="error")
     with pytest.raises(ValueError, match=r"no EEG channels \(channel types: \['misc'\]\)"):
-        load_replay(misc)
+        read_recording(misc)
     with pytest.raises(ValueError, match="outside the recording"):
         Recording(np.zeros((1, 10), np.float32), 10.0, ("Cz",), (Marker(1.0, "x"),))
 
 
 def test_every_sample_in_order_with_exact_stamps_and_markers(synthetic_fif):
     with pytest.warns(UserWarning):
-        replay = load_replay(synthetic_fif)
+        replay = read_recording(synthetic_fif)
     player, data, stamps, arrivals, labels, marker_stamps, elapsed_s = _stream(
         replay, N_TIMES, 3, chunk_ms=30.0
     )
-    np.testing.assert_array_equal(data, replay.data)  # every sample once, in order
+    np.testing.assert_array_equal(data, replay.data.astype(np.float32))  # all, in order
     assert player.n_samples == N_TIMES and player.n_markers == 3 and player.n_passes == 1
     # Clock sync shifts the whole stream by one constant (tens of µs on one machine);
     # relative to it, every stamp is exactly start + i / sfreq.
@@ -213,7 +213,7 @@ def _dev_test_split():
 
 def test_demo_recording_is_the_scp1_test_trials():
     trials = _dev_test_split()
-    replay = load_replay(demo_recording_path())
+    replay = read_recording(demo_recording_path())
     n_trials, n_chans, n_times = trials.X.shape
     assert replay.ch_names == trials.ch_names and replay.sfreq == trials.sfreq
     assert replay.data.shape == (n_chans, n_trials * n_times)
@@ -226,12 +226,12 @@ def test_demo_recording_is_the_scp1_test_trials():
 
 def test_demo_streams_with_a_marker_per_trial():
     trials = _dev_test_split()
-    replay = load_replay(demo_recording_path())
+    replay = read_recording(demo_recording_path())
     n_times = trials.X.shape[2]  # 3 trials (3 × 3.5 s) at ×16 ≈ 0.66 s
     _, data, stamps, _, labels, marker_stamps, _ = _stream(
         replay, 3 * n_times, 3, speed=16.0, duration_s=10.5
     )
-    np.testing.assert_array_equal(data, replay.data[:, : 3 * n_times])
+    np.testing.assert_array_equal(data, replay.data[:, : 3 * n_times].astype(np.float32))
     assert labels == list(trials.y[:3])
     # Each marker has the stamp of its trial's first sample, as received on the EEG inlet
     # (the two inlets' clock-sync offsets agree to well below a sample period).
@@ -243,7 +243,7 @@ def test_build_demo_recording(tmp_path):
     from rtmoe.offline.recipes.build_demo_recording import build_demo_recording
 
     path = build_demo_recording(tmp_path / "two_eeg.fif.gz", n_trials=2)
-    replay = load_replay(path)
+    replay = read_recording(path)
     expected = trials.X[:2].transpose(1, 0, 2).reshape(trials.X.shape[1], -1)
     np.testing.assert_allclose(replay.data, expected, rtol=1e-6, atol=1e-5)
     assert replay.markers == (

@@ -16,9 +16,9 @@ from scipy import signal as sps
 from rtmoe.config import SignalConfig
 from rtmoe.dsp.filters import design_filter
 from rtmoe.offline.corpus.preprocess import preprocess
-from rtmoe.recording import Recording
+from rtmoe.recording import Recording, read_recording
 from rtmoe.signal import SignalChain, preprocess_recording, preprocess_trials, resampler_delay_s
-from rtmoe.stream.replay import demo_recording_path, load_replay
+from rtmoe.stream.replay import demo_recording_path
 
 #: The shipped model's chain (SCP1: no high-pass, 75 Hz low-pass, 50 Hz notch, 200 Hz).
 SHIPPED = SignalConfig(l_freq=None, h_freq=75.0, notch_freq=50.0)
@@ -37,7 +37,7 @@ def _recording(sfreq: float) -> np.ndarray:
             pytest.skip(str(err))
         x = np.concatenate(list(trials.X[:N_SECONDS]), axis=1)
         return x.astype(np.float64)
-    demo = load_replay(demo_recording_path())
+    demo = read_recording(demo_recording_path())
     x = np.asarray(demo.data[:, : int(N_SECONDS * demo.sfreq)], dtype=np.float64)
     if sfreq == demo.sfreq:
         return x

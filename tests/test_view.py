@@ -277,10 +277,11 @@ class Live:
         from rtmoe.plugins.subscriber import Subscriber
         from rtmoe.runtime.loop import Runtime
         from rtmoe.stream.player import Player
-        from rtmoe.stream.replay import demo_recording_path, load_replay
+        from rtmoe.stream.replay import demo_recording_path
+        from rtmoe.recording import read_recording
 
         name = f"rtmoe-view-test-{secrets.token_hex(4)}"
-        self.player = Player(load_replay(demo_recording_path()), name=name, loop=True)
+        self.player = Player(read_recording(demo_recording_path()), name=name, loop=True)
         cfg = RuntimeConfig(
             engine="torch", device="cpu", zmq_address="tcp://127.0.0.1:0", resolve_timeout_s=2.0
         )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rtmoe.offline.corpus import InputError
+from rtmoe.recording import InputError
 from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
 from rtmoe.offline.corpus.preprocess import (
     check_sfreq,
@@ -14,7 +14,7 @@ from rtmoe.offline.corpus.preprocess import (
     preprocess,
     segment,
 )
-from rtmoe.offline.corpus.readers import find_recordings, read_recording
+from rtmoe.recording import find_recordings, read_recording
 from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter
 from tqdm import tqdm
 

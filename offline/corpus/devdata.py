@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtmoe.offline.corpus import InputError
+from rtmoe.recording import InputError
 from rtmoe.offline.corpus.ts import read_ts
 
 DEV_DATASETS: tuple[str, ...] = ("SelfRegulationSCP1", "FingerMovements")

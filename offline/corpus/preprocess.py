@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
-from rtmoe.offline.corpus import FILE_FIX, InputError
+from rtmoe.recording import FILE_FIX, InputError
 
 from rtmoe.config import CorpusConfig, SignalConfig
 from rtmoe.recording import Recording

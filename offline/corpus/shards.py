@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from rtmoe.offline.corpus import InputError
+from rtmoe.recording import InputError
 from rtmoe import __version__
 from rtmoe.config import config_hash
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtmoe.offline.corpus import InputError
+from rtmoe.recording import InputError
 
 
 def read_ts(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

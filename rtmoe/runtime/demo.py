@@ -27,11 +27,12 @@ import numpy as np
 from rtmoe.config import RuntimeConfig
 from rtmoe.console import StatusLine
 from rtmoe.models.specmoe import LoadedSpecMoE
+from rtmoe.recording import read_recording
 from rtmoe.runtime.loop import RunSummary, Runtime
 from rtmoe.stream.lsl import resolve_stream
 from rtmoe.stream.markers import MarkerInlet
 from rtmoe.stream.player import Player
-from rtmoe.stream.replay import demo_recording_path, load_replay
+from rtmoe.stream.replay import demo_recording_path
 from rtmoe.transport import TOPIC_DECODE, DecodeMessage, decode
 
 #: How often the SUB socket is polled and the console line refreshed, ms.
@@ -155,7 +156,7 @@ def run_demo(
     import zmq
 
     cfg = cfg or RuntimeConfig()
-    replay = load_replay(demo_recording_path())
+    replay = read_recording(demo_recording_path())
     name = f"rtmoe-demo-{secrets.token_hex(4)}"
     onsets = np.array([m.onset_s for m in replay.markers])
     trial_s = float(np.median(np.diff(onsets))) if onsets.size > 1 else replay.duration_s

@@ -22,8 +22,8 @@ import numpy as np
 
 from rtmoe import commands
 from rtmoe.command import Command
-from rtmoe.recording import Recording, marker_sample
-from rtmoe.stream.replay import demo_recording_path, load_replay
+from rtmoe.recording import Recording, marker_sample, read_recording
+from rtmoe.stream.replay import demo_recording_path
 
 
 def _import_pylsl():
@@ -271,7 +271,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     path = demo_recording_path() if args.file == "demo" else Path(args.file)
     with Player(
-        load_replay(path),
+        read_recording(path),
         name=args.name,
         type=args.type,
         source_id=args.source_id,
