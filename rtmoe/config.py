@@ -321,11 +321,20 @@ class RuntimeConfig:
     max_repaired_share: float = 0.01
     out_of_range_uv: float = 1000.0
     flat_uv: float = 0.1
+    # Signal preview topic (rtmoe.preview, protocol 1.3; `rtmoe view` draws it): after
+    # each decode, the new samples of every channel averaged down to about this rate (Hz)
+    # with per-channel flat/out-of-range flags; 0 publishes none (the default).
+    preview_hz: float = 0.0
 
     def validate(self) -> None:
         _positive(self, "hop_ms", "stall_timeout_ms", "max_gap_ms", "status_period_s")
         _positive(self, "poll_ms", "max_buflen_s", "resolve_timeout_s", "timing_records")
         _positive(self, "max_age_s", "rate_tolerance", "out_of_range_uv", "flat_uv")
+        if not 0.0 <= self.preview_hz <= 1000.0:
+            raise ConfigError(
+                f"runtime.preview_hz={self.preview_hz} must be in [0, 1000] Hz (0: no preview "
+                "topic; e.g. 50 for rtmoe view's traces)"
+            )
         if not 0.0 <= self.max_repaired_share <= 1.0:
             raise ConfigError(
                 f"runtime.max_repaired_share={self.max_repaired_share} must be in [0, 1]"

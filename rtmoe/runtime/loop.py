@@ -82,6 +82,7 @@ from rtmoe.models.shipped import load_model
 from rtmoe.models.specmoe import LoadedSpecMoE
 from rtmoe.profiles import Profile, apply_profile
 from rtmoe.runtime.plugins import Plugin, PluginContext, PluginRunner
+from rtmoe.runtime.preview import Preview
 from rtmoe.signal.chain import SignalChain, continuity_breaks
 from rtmoe.signal.channels import map_channels
 from rtmoe.stream.lsl import LslError, LslSource, SourceStatus, StreamSearch, describe_stream
@@ -390,6 +391,18 @@ class Runtime:
         )
         self.labels = list(task.labels)
         self.gate_names = [f"expert_{k}" for k in range(self.engine.n_experts)]
+        self._preview = None  # the opt-in rtmoe.preview topic (protocol 1.3)
+        if cfg.preview_hz > 0:
+            self._preview = Preview(
+                task.ch_names,
+                self.sfreq,
+                self.hop,
+                cfg.preview_hz,
+                unit_uv=self._unit_uv,
+                flat_uv=cfg.flat_uv,
+                out_of_range_uv=cfg.out_of_range_uv,
+                filled=self.filled_channels,
+            )
         if self.publisher is None:
             self.publisher = self._make_publisher()
 
@@ -726,6 +739,10 @@ class Runtime:
         beat[0] += msg.latency_ms
         beat[1] = max(beat[1], msg.latency_ms)
         beat[2] += 1
+        if self._preview is not None:  # after the decode is out and its timings taken
+            preview = self._preview.message(self._x[0], last, self.model_id)
+            if preview is not None:
+                self.publisher.publish(preview)
         self._last_end = end
         self.decodes += 1
         self.last_decode = msg

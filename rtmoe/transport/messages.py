@@ -5,6 +5,8 @@ docs/schema/*.schema.json validate the payloads):
 
 - ``rtmoe.decode``: one per decoded window (every hop).
 - ``rtmoe.status``: a heartbeat once a second, also while no decode is produced.
+- ``rtmoe.preview`` (schema 1.3, opt-in: ``runtime.preview_hz``): the newest samples of
+  every model channel, decimated, with per-channel quality flags, after each decode.
 
 Framing is either multipart ``[topic, payload]`` or a single frame
 ``topic + b" " + payload`` for subscribers that use ``ZMQ_CONFLATE`` (which drops
@@ -14,6 +16,7 @@ subscriber written in Python can use it without a socket.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import numbers
@@ -28,11 +31,12 @@ from rtmoe import __version__
 #: "MAJOR.MINOR". A major bump is breaking (a field removed, renamed, retyped or given a
 #: new meaning); a minor bump only adds fields (and states), which readers must ignore if
 #: unknown (an unknown state means "not decoding").
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 SCHEMA_MAJOR = int(SCHEMA_VERSION.split(".")[0])
 
 TOPIC_DECODE = b"rtmoe.decode"
 TOPIC_STATUS = b"rtmoe.status"
+TOPIC_PREVIEW = b"rtmoe.preview"
 #: Between topic and JSON in single-frame messages; a JSON object never starts with it.
 SINGLE_FRAME_SEPARATOR = b" "
 
@@ -338,7 +342,84 @@ class StatusMessage:
         )
 
 
-Message = DecodeMessage | StatusMessage
+@dataclass(frozen=True)
+class PreviewMessage:
+    """Signal preview (schema 1.3), published on ``rtmoe.preview`` after each decode when
+    the runtime's ``preview_hz`` is set: the samples the decode added to the window,
+    decimated, and the quality of every model channel over the window.
+
+    Parameters
+    ----------
+    seq : int
+        Preview counter, 0 first, +1 per preview.
+    model_id : str
+        As in :class:`DecodeMessage`.
+    ch_names : sequence of str, shape (n_chans,)
+        Model channels, in the model's order.
+    sfreq : float
+        Rate of the columns of ``data_uv``, Hz (the model's rate over the decimation).
+    last_lsl_s : float
+        LSL time of the last column (the decoded window's ``window_last_lsl_s``); column
+        ``j`` of ``n`` is at ``last_lsl_s - (n - 1 - j) / sfreq``.
+    data_uv : sequence of sequence of float, shape (n_chans, n)
+        The preprocessed signal (the model's input) in µV, each column the mean of
+        ``1 / sfreq`` s of model-rate samples; channel-first.
+    std_uv, max_abs_uv : sequence of float, shape (n_chans,)
+        Standard deviation and largest absolute value of each channel over the decoded
+        window, µV.
+    flat, out_of_range, filled : sequence of bool, shape (n_chans,)
+        Flat over the window (``std_uv`` below the runtime's ``flat_uv``), leaving the
+        plausible range (``max_abs_uv`` above ``out_of_range_uv``: saturation, artefact),
+        absent from the stream and fed with zeros.
+    """
+
+    seq: int
+    model_id: str
+    ch_names: Sequence[str]
+    sfreq: float
+    last_lsl_s: float
+    data_uv: Sequence[Sequence[float]]
+    std_uv: Sequence[float]
+    max_abs_uv: Sequence[float]
+    flat: Sequence[bool]
+    out_of_range: Sequence[bool]
+    filled: Sequence[bool]
+
+    def __post_init__(self) -> None:
+        _set_counts(self, "seq")
+        _set_finite(self, "sfreq", "last_lsl_s")
+        if self.sfreq <= 0:
+            raise ProtocolError(f"PreviewMessage.sfreq={self.sfreq} must be > 0 Hz")
+        names = tuple(map(str, self.ch_names))
+        object.__setattr__(self, "ch_names", names)
+        n_chans = len(names)
+        rows = tuple(tuple(float(v) for v in row) for row in self.data_uv)
+        lengths = {len(row) for row in rows}
+        if len(rows) != n_chans or len(lengths) > 1:
+            raise ProtocolError(
+                f"PreviewMessage.data_uv has {len(rows)} rows of lengths {sorted(lengths)} for "
+                f"{n_chans} channels; pass one row per channel, all of one length"
+            )
+        object.__setattr__(self, "data_uv", rows)
+        for name in ("std_uv", "max_abs_uv"):
+            values = tuple(float(v) for v in getattr(self, name))
+            if len(values) != n_chans:
+                raise ProtocolError(f"PreviewMessage.{name} needs {n_chans} values")
+            object.__setattr__(self, name, values)
+        for name in ("flat", "out_of_range", "filled"):
+            flags = tuple(getattr(self, name))
+            if len(flags) != n_chans or not all(isinstance(f, bool) for f in flags):
+                raise ProtocolError(
+                    f"PreviewMessage.{name}={flags!r} needs {n_chans} bools (plain bool, "
+                    "e.g. numpy's .tolist())"
+                )
+            object.__setattr__(self, name, flags)
+        values = itertools.chain(*rows, self.std_uv, self.max_abs_uv)
+        if not all(map(math.isfinite, values)):
+            raise ProtocolError("PreviewMessage values must be finite; NaN/inf cannot be sent")
+
+
+Message = DecodeMessage | StatusMessage | PreviewMessage
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
@@ -371,6 +452,10 @@ def to_dict(msg: Message) -> dict[str, Any]:
             "gap_in_window": msg.gap_in_window,
             "invalid_reason": msg.invalid_reason,
         }
+    if isinstance(msg, PreviewMessage):
+        data = {"type": "preview", "schema_version": SCHEMA_VERSION}
+        data.update((f.name, getattr(msg, f.name)) for f in fields(PreviewMessage))
+        return data
     if isinstance(msg, StatusMessage):
         data: dict[str, Any] = {"type": "status", "schema_version": SCHEMA_VERSION}
         data.update((f.name, getattr(msg, f.name)) for f in fields(StatusMessage))
@@ -445,7 +530,8 @@ def decode(frames: bytes | Sequence[bytes]) -> Message:
     cls = _TOPICS.get(topic)
     if cls is None:
         raise ProtocolError(
-            f"unknown topic {topic!r}; expected {TOPIC_DECODE!r} or {TOPIC_STATUS!r}"
+            f"unknown topic {topic!r}; expected {TOPIC_DECODE!r}, {TOPIC_STATUS!r} or "
+            f"{TOPIC_PREVIEW!r}"
         )
     try:
         data = json.loads(payload, parse_constant=_reject_constant)
@@ -466,7 +552,7 @@ def from_dict(data: Mapping[str, Any], expected: type[Message] | None = None) ->
     kind = data.get("type")
     cls = _TYPES.get(kind)
     if cls is None:
-        raise ProtocolError(f"payload type={kind!r}; expected 'decode' or 'status'")
+        raise ProtocolError(f"payload type={kind!r}; expected 'decode', 'status' or 'preview'")
     if expected is not None and cls is not expected:
         raise ProtocolError(
             f"payload type={kind!r} arrived on the {_TOPIC_OF[expected].decode()} topic"
@@ -610,6 +696,19 @@ _FIELD_TYPES: dict[type, dict[str, Any]] = {
         "error_detail": _nullable(_is_str),
         "invalid_decodes": _is_int,
     },
+    PreviewMessage: {
+        "seq": _is_int,
+        "model_id": _is_str,
+        "ch_names": _list_of(_is_str),
+        "sfreq": _is_number,
+        "last_lsl_s": _is_number,
+        "data_uv": _list_of(_list_of(_is_number)),
+        "std_uv": _list_of(_is_number),
+        "max_abs_uv": _list_of(_is_number),
+        "flat": _list_of(_is_bool),
+        "out_of_range": _list_of(_is_bool),
+        "filled": _list_of(_is_bool),
+    },
 }
 # Every 1.0 field is required; fields added by a later 1.x are optional when reading (a
 # 1.0 publisher does not send them) and always written.
@@ -622,9 +721,13 @@ _OPTIONAL = frozenset(
         *("gap_in_window", "invalid_reason", "invalid_decodes"),  # 1.2
     }
 )
-_TOPICS = {TOPIC_DECODE: DecodeMessage, TOPIC_STATUS: StatusMessage}
+_TOPICS = {
+    TOPIC_DECODE: DecodeMessage,
+    TOPIC_STATUS: StatusMessage,
+    TOPIC_PREVIEW: PreviewMessage,
+}
 _TOPIC_OF = {cls: topic for topic, cls in _TOPICS.items()}
-_TYPES = {"decode": DecodeMessage, "status": StatusMessage}
+_TYPES = {"decode": DecodeMessage, "status": StatusMessage, "preview": PreviewMessage}
 
 
 def _set_counts(obj: Any, *names: str) -> None:
