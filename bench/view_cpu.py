@@ -114,8 +114,8 @@ def _tiny_model(folder: str) -> str:
     from rtmoe.config import Config
     from rtmoe.models.registry import model_config
     from rtmoe.models.specmoe import SPECMOE_KIND, TaskConfig, build_specmoe, specmoe_meta
-    from rtmoe.stream.replay import demo_recording_path
     from rtmoe.recording import read_recording
+    from rtmoe.stream.replay import demo_recording_path
 
     chans = tuple(read_recording(demo_recording_path()).ch_names)
     config = Config().replace(model=model_config("tiny"), moe={"n_experts": 3})

@@ -275,15 +275,19 @@ class Live:
 
         from rtmoe.config import RuntimeConfig
         from rtmoe.plugins.subscriber import Subscriber
+        from rtmoe.recording import read_recording
         from rtmoe.runtime.loop import Runtime
         from rtmoe.stream.player import Player
         from rtmoe.stream.replay import demo_recording_path
-        from rtmoe.recording import read_recording
 
         name = f"rtmoe-view-test-{secrets.token_hex(4)}"
         self.player = Player(read_recording(demo_recording_path()), name=name, loop=True)
         cfg = RuntimeConfig(
-            engine="torch", device="cpu", zmq_address="tcp://127.0.0.1:0", resolve_timeout_s=2.0
+            engine="torch",
+            device="cpu",
+            zmq_address="tcp://127.0.0.1:0",
+            resolve_timeout_s=2.0,
+            preview_hz=50.0,  # the signal preview topic (protocol 1.3): the page's traces
         )
         self.runtime = Runtime("default", {"name": name, "source_id": name}, cfg)
         address = self.runtime.publisher.address
@@ -370,6 +374,10 @@ def test_page_draws_live_decodes_that_match_the_subscriber(live, tmp_path):
     assert int(dom["points"]) >= 2 * len(expected.labels)  # lines drawn on the canvas
     assert int(dom["latency-count"]) >= 5 and float(dom["p99"]) >= float(dom["p50"]) > 0
     assert int(dom["draws"]) >= 10
+    # per-channel traces from the preview topic: every model channel, none flagged
+    assert json.loads(dom["trace-channels"]) == list(live.runtime.loaded.task.ch_names)
+    assert int(dom["trace-points"]) > 0 and json.loads(dom["flagged"]) == []
+    assert int(dom["preview-seq"]) > 0
 
     # the screenshot (CI artifact): a second page, captured once it drew live data
     shot = _artifact_dir(tmp_path) / "rtmoe-view.png"

@@ -19,7 +19,7 @@ import math
 import secrets
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -149,13 +149,16 @@ def run_demo(
         Show a refreshing line with the latest decode, running accuracy and latency.
     view_port : int, optional
         Also serve the live page (`rtmoe.view.ViewServer`, ``rtmoe demo --view``) on
-        127.0.0.1 at this port (0: a free one), attached to the demo's publisher.
+        127.0.0.1 at this port (0: a free one), attached to the demo's publisher; the
+        runtime then publishes the signal preview (``preview_hz`` 50 unless set).
     open_view : bool
         Open that page in the web browser.
     """
     import zmq
 
     cfg = cfg or RuntimeConfig()
+    if view_port is not None and not cfg.preview_hz:  # the page draws the channels' traces
+        cfg = replace(cfg, preview_hz=50.0)
     replay = read_recording(demo_recording_path())
     name = f"rtmoe-demo-{secrets.token_hex(4)}"
     onsets = np.array([m.onset_s for m in replay.markers])

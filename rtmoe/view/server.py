@@ -1,12 +1,13 @@
 """The ``rtmoe view`` server: a ZeroMQ subscriber thread and a small HTTP server.
 
 One SUB socket connects to the runtime's publisher (``rtmoe stream --zmq`` or
-``rtmoe demo``), validates every message with :func:`rtmoe.transport.decode` and hands
+``rtmoe demo``), subscribes to its decode, status and preview topics, validates every message with :func:`rtmoe.transport.decode` and hands
 the payload, unchanged, to every open page as a Server-Sent Event (``text/event-stream``:
-``event: decode``, ``event: status``, and once a second ``event: view`` with this
+``event: decode``, ``event: status``, ``event: preview`` (the opt-in signal preview of
+protocol 1.3, when the runtime sends it), and once a second ``event: view`` with this
 server's own counters). A page that connects (or reconnects) first gets a ``snapshot``
-event: the decodes of the last ``history_s`` seconds and the newest status, so it draws
-the recent past at once. The page (``static/index.html`` and ``static/view.js``) keeps its
+event: the decodes of the last ``history_s`` seconds, the previews of the last
+``PREVIEW_HISTORY_S`` and the newest status, so it draws the recent past at once. The page (``static/index.html`` and ``static/view.js``) keeps its
 own history and draws it on canvases.
 
 Endpoints
@@ -53,16 +54,20 @@ from rtmoe.command import Command, UserError
 from rtmoe.transport import (
     DEFAULT_ADDRESS,
     TOPIC_DECODE,
+    TOPIC_PREVIEW,
     TOPIC_STATUS,
     DecodeMessage,
+    PreviewMessage,
     ProtocolError,
     decode,
 )
 from rtmoe.transport.publisher import is_loopback_address
 
 DEFAULT_PORT = 8765
-#: Events kept for pages that fall behind (about 3 minutes at 10 decodes a second).
+#: Events kept for pages that fall behind (about 1.5 minutes at 10 decodes a second).
 EVENT_BUFFER = 2048
+#: Seconds of signal previews a newly opened page receives (its traces' span).
+PREVIEW_HISTORY_S = 10.0
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -92,6 +97,7 @@ class _Hub:
         self.events: collections.deque[bytes] = collections.deque(maxlen=EVENT_BUFFER)
         self.count = 0  # events ever appended
         self.decodes: collections.deque[tuple[float, bytes]] = collections.deque()
+        self.previews: collections.deque[tuple[float, bytes]] = collections.deque()
         self.status: bytes | None = None
         self.view: bytes = b"null"
         self.closed = False
@@ -104,6 +110,7 @@ class _Hub:
     def snapshot(self) -> bytes:
         """The snapshot JSON (call with ``cond`` held)."""
         decodes = b",".join(payload for _, payload in self.decodes)
+        previews = b",".join(payload for _, payload in self.previews)
         return (
             b'{"view":'
             + self.view
@@ -111,6 +118,8 @@ class _Hub:
             + (self.status or b"null")
             + b',"decodes":['
             + decodes
+            + b'],"previews":['
+            + previews
             + b"]}"
         )
 
@@ -147,8 +156,8 @@ class ViewServer:
 
     Attributes
     ----------
-    decodes, statuses : int
-        Messages received from the runtime.
+    decodes, statuses, previews : int
+        Messages received from the runtime (previews: protocol 1.3, when it sends them).
     bad_messages : int
         Messages refused by :func:`rtmoe.transport.decode` (``last_error`` says why).
     seq_holes : int
@@ -183,7 +192,7 @@ class ViewServer:
         self.zmq_address = zmq_address
         self.allow_remote = allow_remote
         self.hold_timeout_s = hold_timeout_s
-        self.decodes = self.statuses = self.bad_messages = 0
+        self.decodes = self.statuses = self.previews = self.bad_messages = 0
         self.seq_holes = self.restarts = self.pages_lost_events = 0
         self.last_error: str | None = None
         self._hub = _Hub(history_s)
@@ -211,6 +220,7 @@ class ViewServer:
             ) from None
         sock.setsockopt(zmq.SUBSCRIBE, TOPIC_DECODE)
         sock.setsockopt(zmq.SUBSCRIBE, TOPIC_STATUS)
+        sock.setsockopt(zmq.SUBSCRIBE, TOPIC_PREVIEW)  # protocol 1.3, when the runtime sends it
         self._sock = sock
         self._zmq = zmq
         try:
@@ -342,6 +352,15 @@ class ViewServer:
                 while hub.decodes and hub.decodes[0][0] < oldest:
                     hub.decodes.popleft()
                 hub.append(_event("decode", payload))
+            elif isinstance(msg, PreviewMessage):
+                self.previews += 1
+                if hub.previews and msg.last_lsl_s < hub.previews[-1][0]:
+                    hub.previews.clear()  # a restarted runtime
+                hub.previews.append((msg.last_lsl_s, payload))
+                oldest = msg.last_lsl_s - min(PREVIEW_HISTORY_S, hub.history_s)
+                while hub.previews and hub.previews[0][0] < oldest:
+                    hub.previews.popleft()
+                hub.append(_event("preview", payload))
             else:
                 self.statuses += 1
                 if self._last_uptime_s is not None and msg.uptime_s < self._last_uptime_s:
@@ -349,6 +368,7 @@ class ViewServer:
                         self.restarts += 1
                     self._last_seq = None
                     hub.decodes.clear()
+                    hub.previews.clear()
                 self._last_uptime_s = msg.uptime_s
                 hub.status = payload
                 hub.append(_event("status", payload))
@@ -359,6 +379,7 @@ class ViewServer:
             "zmq_address": self.zmq_address,
             "decodes": self.decodes,
             "statuses": self.statuses,
+            "previews": self.previews,
             "bad_messages": self.bad_messages,
             "last_error": self.last_error,
             "seq_holes": self.seq_holes,

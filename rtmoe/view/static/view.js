@@ -42,11 +42,36 @@
     liveUpdates: 0, firstLiveSeq: null, draws: 0, points: 0,
     states: [], stateChangedMs: null, shownState: null,
     connected: false, dirty: true,
+    // signal preview (protocol 1.3): per column its LSL time and one value per channel
+    pv: { t: [], cols: [], names: [], last: null },
   };
+  const TRACE_SPAN_S = 10;
 
   function reset() {
     S.t = []; S.probs = []; S.gates = []; S.latency = []; S.compute = [];
     S.last = null; S.clockLsl = null; S.dirty = true;
+    S.pv = { t: [], cols: [], names: [], last: null };
+  }
+
+  function addPreview(p) {
+    const pv = S.pv;
+    if (p.ch_names.join("\u0000") !== pv.names.join("\u0000")
+        || (pv.t.length && p.last_lsl_s < pv.t[pv.t.length - 1])) {
+      S.pv = { t: [], cols: [], names: p.ch_names.slice(), last: null };
+    }
+    const q = S.pv;
+    const n = p.data_uv.length ? p.data_uv[0].length : 0;
+    for (let j = 0; j < n; j++) {
+      q.t.push(p.last_lsl_s - (n - 1 - j) / p.sfreq);
+      q.cols.push(p.data_uv.map((row) => row[j]));
+    }
+    const oldest = p.last_lsl_s - TRACE_SPAN_S - 2;
+    let cut = 0;
+    while (cut < q.t.length && q.t[cut] < oldest) cut++;
+    if (cut) { q.t.splice(0, cut); q.cols.splice(0, cut); }
+    q.last = p;
+    seeLsl(p.last_lsl_s);
+    S.dirty = true;
   }
 
   function seeLsl(t) {
@@ -107,10 +132,12 @@
     reset();
     if (snap.view) setView(snap.view);
     for (const d of snap.decodes) addDecode(d, false);
+    for (const p of snap.previews || []) addPreview(p);
     if (snap.status) setStatus(snap.status);
   });
   es.addEventListener("decode", (e) => addDecode(JSON.parse(e.data), true));
   es.addEventListener("status", (e) => setStatus(JSON.parse(e.data)));
+  es.addEventListener("preview", (e) => addPreview(JSON.parse(e.data)));
   es.addEventListener("view", (e) => setView(JSON.parse(e.data)));
 
   function setView(v) {
@@ -277,6 +304,70 @@
     drawSeries($("gates"), S.gates, S.gateNames.length, lo, hi, (v) => v.toFixed(3));
   }
 
+  // One lane per channel; flat, out-of-range and zero-filled channels named in red.
+  function drawTraces() {
+    const pv = S.pv, canvas = $("traces");
+    const hint = $("trace-hint");
+    const show = pv.last !== null;
+    const display = show ? "none" : "block";
+    if (hint.style.display !== display) hint.style.display = display;
+    const height = show ? `${Math.max(90, 26 * pv.names.length + 24)}px` : "0px";
+    if (canvas.style.height !== height) canvas.style.height = height;
+    if (!show) return 0;
+    const { ctx, w, h } = ctx2d(canvas);
+    const left = 120, t1 = nowLsl(), span = TRACE_SPAN_S;
+    const n = pv.names.length, lane = (h - PAD.t - PAD.b) / n;
+    const X = (t) => left + ((t - (t1 - span)) / span) * (w - left - PAD.r);
+    ctx.font = "12px system-ui, sans-serif";
+    ctx.textBaseline = "middle";
+    ctx.fillStyle = "#8b98a5";
+    ctx.textAlign = "center";
+    for (let s = 0; s <= span; s += 2) {
+      ctx.textAlign = s === 0 ? "right" : s === span ? "left" : "center";
+      ctx.fillText(s === 0 ? "now" : `-${s} s`, s === 0 ? w - PAD.r : X(t1 - s), h - PAD.b + 9);
+    }
+    const p = pv.last, flagged = [];
+    let points = 0;
+    for (let c = 0; c < n; c++) {
+      const y0 = PAD.t + lane * (c + 0.5);
+      const flags = [["flat", p.flat[c]], ["range", p.out_of_range[c]], ["filled", p.filled[c]]]
+        .filter(([, on]) => on).map(([name]) => name);
+      if (flags.length) flagged.push(`${pv.names[c]}:${flags.join("+")}`);
+      ctx.textAlign = "left";
+      ctx.fillStyle = flags.length ? "#ff7b72" : "#e6edf3";
+      ctx.fillText(pv.names[c], 0, y0);
+      ctx.fillStyle = flags.length ? "#ff7b72" : "#8b98a5";
+      ctx.fillText(flags.length ? flags.join(" ") : `${p.std_uv[c].toFixed(1)} µV`, 56, y0);
+      ctx.strokeStyle = "#2a3540";
+      ctx.beginPath(); ctx.moveTo(left, y0); ctx.lineTo(w - PAD.r, y0); ctx.stroke();
+      // each lane fitted to what it shows: centred on its mean, its extremes at the edges
+      let first = 0;
+      while (first < pv.t.length && pv.t[first] < t1 - span - 0.05) first++;
+      let sum = 0, lo = Infinity, hi = -Infinity;
+      for (let i = first; i < pv.t.length; i++) {
+        const v = pv.cols[i][c];
+        sum += v; if (v < lo) lo = v; if (v > hi) hi = v;
+      }
+      const mean = sum / Math.max(1, pv.t.length - first);
+      const k = (0.45 * lane) / Math.max(hi - mean, mean - lo, 1);
+      ctx.strokeStyle = flags.length ? "#ff7b72" : COLORS[0];
+      ctx.beginPath();
+      let prev = null;
+      for (let i = first; i < pv.t.length; i++) {
+        const x = X(pv.t[i]);
+        const y = y0 - (pv.cols[i][c] - mean) * k;
+        if (prev === null || pv.t[i] - prev > 0.5) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+        prev = pv.t[i];
+        points++;
+      }
+      ctx.stroke();
+    }
+    live.dataset.traceChannels = JSON.stringify(pv.names);
+    live.dataset.flagged = JSON.stringify(flagged);
+    live.dataset.previewSeq = String(p.seq);
+    return points;
+  }
+
   function pct(v) { return `${Math.round(v * 100)}%`; }
 
   function renderDecision() {
@@ -403,6 +494,7 @@
     if (!S.dirty && !moving) return;
     if (S.dirty) renderDecision();
     S.points = drawSeries($("probs"), S.probs, S.labels.length, 0, 1, pct);
+    live.dataset.tracePoints = String(drawTraces());
     drawGates();
     if (S.dirty) drawLatency();
     S.dirty = false;
