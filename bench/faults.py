@@ -189,8 +189,8 @@ class Demo:
     """The shipped SCP1 demo recording, saved once as .npy for the sender processes."""
 
     def __init__(self, work: Path) -> None:
-        from rtmoe.stream.replay import demo_recording_path
         from rtmoe.recording import read_recording
+        from rtmoe.stream.replay import demo_recording_path
 
         self.recording = read_recording(demo_recording_path())
         self.sfreq = self.recording.sfreq
