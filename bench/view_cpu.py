@@ -25,8 +25,13 @@ machine moves the runtime's figures; alternating the phases spreads it over both
 
 Usage::
 
-    python bench/view_cpu.py [--phase-s 20] [--rounds 2] [--pages 1] [--hop-ms 100]
+    python bench/view_cpu.py [--source stream|synthetic] [--phase-s 20] [--rounds 2]
+                             [--pages 1] [--hop-ms 100] [--preview-hz 50]
                              [--model tiny|default|FOLDER]
+
+With ``--preview-hz`` (default 50) the runtime (or the synthetic source, 6 channels as
+the demo recording) also publishes the signal preview topic, which the page draws as
+traces; ``--preview-hz 0`` measures decodes and statuses alone.
 """
 
 from __future__ import annotations
@@ -134,9 +139,10 @@ class Synthetic:
     """Decode messages every ``hop_ms`` and a status every second, from a thread of this
     process (``pid``: this process; stops on ``send_signal``)."""
 
-    def __init__(self, address: str, hop_ms: float) -> None:
+    def __init__(self, address: str, hop_ms: float, preview_hz: float = 0.0) -> None:
         from rtmoe.transport import ZmqPublisher
 
+        self.preview_hz = preview_hz
         self.pid = os.getpid()
         self._pub = ZmqPublisher(address)
         self._hop_s = hop_ms * 1e-3
@@ -145,7 +151,10 @@ class Synthetic:
         self._thread.start()
 
     def _run(self) -> None:
-        from rtmoe.transport import DecodeMessage, StatusMessage
+        from rtmoe.transport import DecodeMessage, PreviewMessage, StatusMessage
+
+        chans = ["A1-Cz", "A2-Cz", "C3f", "C3p", "C4f", "C4p"]  # the demo recording's
+        n_cols = max(1, round(self.preview_hz * self._hop_s))
 
         start = time.monotonic()
         rng = np.random.default_rng(0)
@@ -164,6 +173,17 @@ class Synthetic:
                     skipped_windows=0,
                 )
             )  # fmt: skip
+            if self.preview_hz:
+                data = np.round(rng.normal(0, 15, size=(len(chans), n_cols)), 2)
+                self._pub.publish(
+                    PreviewMessage(
+                        seq=n, model_id="SelfRegulationSCP1-843bf9345c99", ch_names=chans,
+                        sfreq=self.preview_hz, last_lsl_s=t, data_uv=data.tolist(),
+                        std_uv=[15.0] * len(chans), max_abs_uv=[45.0] * len(chans),
+                        flat=[False] * len(chans), out_of_range=[False] * len(chans),
+                        filled=[False] * len(chans),
+                    )
+                )  # fmt: skip
             if n % max(1, round(1.0 / self._hop_s)) == 0:
                 k = round(n * self._hop_s)
                 self._pub.publish(
@@ -296,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hop-ms", type=float, default=100.0)
     parser.add_argument("--source", choices=("stream", "synthetic"), default="stream")
     parser.add_argument(
+        "--preview-hz",
+        type=float,
+        default=50.0,
+        help="signal preview topic rate (protocol 1.3; the page's traces); 0: none",
+    )
+    parser.add_argument(
         "--model",
         default="tiny",
         help="model of rtmoe stream: 'tiny' (random weights, a few ms a decode; default), "
@@ -306,14 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     name = f"rtmoe-bench-view-{secrets.token_hex(4)}"
     zmq_address = f"tcp://127.0.0.1:{_free_port()}"
     if args.source == "synthetic":
-        player = stream = Synthetic(zmq_address, args.hop_ms)
+        player = stream = Synthetic(zmq_address, args.hop_ms, args.preview_hz)
     else:
         model = _tiny_model(workdir.name) if args.model == "tiny" else args.model
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         player = _rtmoe("play", "demo", "--loop", "--name", name, **quiet)
         stream = _rtmoe(
             "stream", "--lsl", name, "--zmq", zmq_address, "--engine", "torch", "--device",
-            "cpu", "--hop-ms", str(args.hop_ms), "--model", model, **quiet,
+            "cpu", "--hop-ms", str(args.hop_ms), "--model", model,
+            "--set", f"runtime.preview_hz={args.preview_hz}", **quiet,
         )  # fmt: skip
     collector = Collector(zmq_address)
     results = []

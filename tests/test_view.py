@@ -443,3 +443,38 @@ def test_demo_view_serves_the_page_beside_the_demo(tmp_path):
         demo.terminate()
         demo.communicate(timeout=30)
     assert demo.returncode == 0
+
+
+def test_page_marks_flat_and_zero_filled_channels_of_the_preview(pub_view, tmp_path):
+    from rtmoe.transport import PreviewMessage
+
+    publisher, view = pub_view
+    for seq in range(5):
+        publisher.publish(_decode(seq, 1000.0 + 0.1 * seq))
+        publisher.publish(
+            PreviewMessage(
+                seq=seq,
+                model_id="m-0123",
+                ch_names=["C3", "CZ", "C4"],
+                sfreq=50.0,
+                last_lsl_s=1000.0 + 0.1 * seq,
+                data_uv=[[1.0, -2.0, 3.0, -1.0, 0.5], [0.0] * 5, [2000.0, -1900.0, 0, 0, 0]],
+                std_uv=[2.0, 0.0, 900.0],
+                max_abs_uv=[3.0, 0.0, 2000.0],
+                flat=[False, True, False],
+                out_of_range=[False, False, True],
+                filled=[False, True, False],
+            )
+        )
+    assert _until(lambda: view.previews == 5, 10.0)
+    hold = "flags-" + secrets.token_hex(3)
+    browser = Browser(f"{view.url}?hold={hold}&report=1", tmp_path / "profile")
+    try:
+        _wait_report(view, hold, lambda r: r.get("previewSeq") == "4", 120.0, browser)
+        view.release(hold)
+        dom = _dom_live(browser.finish())
+    finally:
+        browser.kill()
+    assert json.loads(dom["trace-channels"]) == ["C3", "CZ", "C4"]
+    assert json.loads(dom["flagged"]) == ["CZ:flat+filled", "C4:range"]
+    assert int(dom["trace-points"]) == 3 * 25  # 5 previews of 5 columns, per channel
