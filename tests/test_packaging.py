@@ -31,5 +31,7 @@ def test_wheel_has_one_top_level_namespace(tmp_path):
         "rtmoe/offline/recipes/default_model.toml",
         "rtmoe/data/demo_scp1_eeg.fif.gz",
         "rtmoe/data/models/default/model.safetensors",
+        "rtmoe/view/static/index.html",  # rtmoe view's page: package data, no CDN
+        "rtmoe/view/static/view.js",
     ):
         assert path in names, f"{path} missing from the wheel"
