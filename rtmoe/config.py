@@ -355,7 +355,7 @@ class RuntimeConfig:
             raise ConfigError(
                 f"runtime.device={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
             )
-        engines = ("auto", "torch", "compile", "onnx", "tensorrt")
+        engines = ("auto", "torch", "compile", "cudagraph", "onnx", "tensorrt")
         if self.engine not in engines:
             raise ConfigError(f"runtime.engine={self.engine!r} must be one of {engines}")
 

@@ -1,7 +1,8 @@
-"""Inference engines for the live path: torch, compile, onnx, tensorrt, and auto.
+"""Inference engines for the live path: torch, compile, cudagraph, onnx, tensorrt, auto.
 
-``build_engine(model, (x, psd), kind)`` returns an :class:`Engine` checked against eager
-PyTorch; ``engine(x, psd) -> (probabilities, gate_means)``. ONNX Runtime and
+``build_engine(model, (x, psd), kind, max_batch=N)`` returns an :class:`Engine` checked
+against eager PyTorch; ``engine(x, psd) -> (probabilities, gate_means)`` for one window,
+``engine.decode_batch(x, psd)`` for ``1..N`` windows in one forward. ONNX Runtime and
 Torch-TensorRT are imported only when their engine is built.
 """
 

@@ -1,10 +1,14 @@
 """What every inference engine shares: the decode module, the call, parity, the cache key.
 
-An engine runs one static window, batch 1: ``x (1, n_chans, n_times)`` float32 in model
-units and ``psd (1, n_chans, n_bins)`` float32, the Welch PSD computed outside the engine
-(no FFT inside compiled engines). It returns the class probabilities ``(n_outputs,)``
-(or raw outputs for regression) and the mean gate activation of each expert
-``(n_experts,)``, both in engine-owned CPU float32 buffers that the next call overwrites.
+An engine runs a static window: ``x (B, n_chans, n_times)`` float32 in model units and
+``psd (B, n_chans, n_bins)`` float32, the Welch PSD computed outside the engine (no FFT
+inside compiled engines), for every batch size ``1 <= B <= max_batch`` (a build option;
+engines that need static shapes hold one graph per batch size). ``engine(x, psd)``
+decodes one window and returns the class probabilities ``(n_outputs,)`` (or raw outputs
+for regression) and the mean gate activation of each expert ``(n_experts,)``;
+``engine.decode_batch(x, psd)`` decodes B windows in one forward and returns
+``(B, n_outputs)`` and ``(B, n_experts)``. All are engine-owned CPU float32 buffers that
+the next call overwrites.
 
 Every engine is checked against eager PyTorch when it is built or loaded
 (:func:`check_parity`), and every compiled artifact lives in a cache folder named by
@@ -32,7 +36,7 @@ from torch import nn
 from rtmoe import __version__
 
 #: Values of ``build_engine(kind=...)``.
-ENGINE_KINDS: tuple[str, ...] = ("auto", "torch", "compile", "onnx", "tensorrt")
+ENGINE_KINDS: tuple[str, ...] = ("auto", "torch", "compile", "cudagraph", "onnx", "tensorrt")
 #: Names of the engine's inputs and outputs (ONNX graph names, cache key entries).
 INPUT_NAMES: tuple[str, str] = ("x", "psd")
 OUTPUT_NAMES: tuple[str, str] = ("logits", "gate_means")
@@ -85,24 +89,29 @@ class Parity:
     cosine : float
         Cosine similarity of the engine's and eager's logits, all inputs flattened.
     n_inputs : int
-        Windows compared (the example, seeded random ones and any real ones passed).
+        Inputs compared (the example, seeded random ones and any real ones passed, one
+        window each, and one stacked batch of each batch size above 1).
     criterion : str
         The test that passed, e.g. ``"max_abs_diff <= 0.0001"``.
+    batch_sizes : tuple of int
+        The distinct batch sizes among the inputs.
     """
 
     max_abs_diff: float
     cosine: float
     n_inputs: int
     criterion: str
+    batch_sizes: tuple[int, ...] = (1,)
 
 
 class Engine(ABC):
-    """One backend running the decode module on a static batch-1 window.
+    """One backend running the decode module on a static window, batch 1 to ``max_batch``.
 
-    Subclasses set :attr:`name`, run the module in :meth:`_run` and write its outputs
-    into ``self._raw`` (CPU float32 buffers of shapes ``(1, n_outputs)`` and
-    ``(1, n_experts)``). Nothing in :meth:`__call__` allocates a tensor after warm-up
-    except what the backend itself allocates internally.
+    Subclasses set :attr:`name`, run the module in :meth:`_run` on a batch of ``B``
+    windows and write its outputs into ``self._raw_by_batch[B]`` (CPU float32 buffers of
+    shapes ``(B, n_outputs)`` and ``(B, n_experts)``, leading views of one buffer per
+    output). Nothing in :meth:`__call__` or :meth:`decode_batch` allocates a tensor after
+    warm-up except what the backend itself allocates internally.
 
     Attributes
     ----------
@@ -114,6 +123,8 @@ class Engine(ABC):
     n_outputs, n_experts : int
         Lengths of the two returned vectors (``n_experts`` is 0 for a model without
         gates).
+    max_batch : int
+        Largest batch :meth:`decode_batch` takes; every size ``1..max_batch`` is built.
     softmax : bool
         Whether :meth:`__call__` returns probabilities (classification) or raw outputs.
     parity : Parity or None
@@ -133,30 +144,62 @@ class Engine(ABC):
     copies_inputs: ClassVar[bool] = False
 
     def __init__(
-        self, module: DecodeModule, x: torch.Tensor, psd: torch.Tensor, *, softmax: bool = True
+        self,
+        module: DecodeModule,
+        x: torch.Tensor,
+        psd: torch.Tensor,
+        *,
+        softmax: bool = True,
+        max_batch: int = 1,
     ) -> None:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch={max_batch!r} must be an integer >= 1")
         self.device = x.device
         self.softmax = softmax
+        self.max_batch = max_batch
+        #: Shapes of one window (batch 1); a batch of B has B in the first axis.
         self.input_shapes = (tuple(x.shape), tuple(psd.shape))
         with torch.inference_mode():
             outputs = module(x, psd)
         pin = x.device.type == "cuda"
-        self._raw = tuple(
-            torch.empty(tuple(o.shape), dtype=torch.float32, pin_memory=pin) for o in outputs
+        full = tuple(
+            torch.empty((max_batch, *o.shape[1:]), dtype=torch.float32, pin_memory=pin)
+            for o in outputs
         )
         self.n_outputs = outputs[0].shape[-1]
         self.n_experts = outputs[1].shape[-1] if len(outputs) > 1 else 0
-        self._example = (x.detach().clone(), psd.detach().clone())
-        # Preallocated softmax result, scratch and the 1-D views that __call__ returns.
-        self._probs = torch.empty_like(self._raw[0])
-        self._scratch = torch.empty(1, 1)
-        self._outputs = self._probs[0] if softmax else self._raw[0][0]
-        self._gates = self._raw[1][0] if len(self._raw) > 1 else torch.empty(0)
+        sizes = self.batch_sizes
+        # Per batch size: leading views of the preallocated outputs, softmax result and
+        # scratch, so a call of any size writes into memory that exists already.
+        self._raw_by_batch = {b: tuple(f[:b] for f in full) for b in sizes}
+        probs, scratch = torch.empty_like(full[0]), torch.empty(max_batch, 1)
+        self._probs_by_batch = {b: probs[:b] for b in sizes}
+        self._scratch_by_batch = {b: scratch[:b] for b in sizes}
+        no_gates = torch.empty(max_batch, 0)
+        self._gates_by_batch = {
+            b: self._raw_by_batch[b][1] if len(full) > 1 else no_gates[:b] for b in sizes
+        }
+        self._results_by_batch = {
+            b: (self._probs_by_batch[b] if softmax else self._raw_by_batch[b][0]) for b in sizes
+        }
+        # One stacked copy of the example window per batch size (warm-up, capture).
+        x0, psd0 = x.detach().clone(), psd.detach().clone()
+        self._examples = {b: (x0.repeat(b, 1, 1), psd0.repeat(b, 1, 1)) for b in sizes}
+        self._example = self._examples[1]
+        # The batch-1 buffers and the 1-D views that __call__ returns.
+        self._raw = self._raw_by_batch[1]
+        self._outputs = self._results_by_batch[1][0]
+        self._gates = self._gates_by_batch[1][0]
         self.parity: Parity | None = None
         self.reason = f"{self.name} requested"
         self.cache_path: Path | None = None
         self.from_cache = False
         self.build_s = 0.0
+
+    @property
+    def batch_sizes(self) -> range:
+        """The batch sizes this engine was built for: ``1..max_batch``."""
+        return range(1, self.max_batch + 1)
 
     def __call__(self, x: torch.Tensor, psd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode one window.
@@ -175,26 +218,58 @@ class Engine(ABC):
 
         Both are engine-owned buffers overwritten by the next call; copy to keep them.
         """
-        self._check(x, psd)
-        self._run(x, psd)
-        if self.softmax:
-            logits = self._raw[0]
-            torch.amax(logits, dim=-1, keepdim=True, out=self._scratch)
-            torch.sub(logits, self._scratch, out=self._probs).exp_()
-            torch.sum(self._probs, dim=-1, keepdim=True, out=self._scratch)
-            self._probs.div_(self._scratch)
+        if self._check(x, psd) != 1:
+            raise ValueError(
+                f"x holds {x.shape[0]} windows; engine(x, psd) decodes one: use "
+                "engine.decode_batch(x, psd) for a batch"
+            )
+        self._decode(x, psd, 1)
         return self._outputs, self._gates
 
+    def decode_batch(self, x: torch.Tensor, psd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode ``B`` windows in one forward, ``1 <= B <= max_batch``.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, n_chans, n_times), float32
+        psd : Tensor, shape (B, n_chans, n_bins), float32
+
+        Returns
+        -------
+        outputs : Tensor, shape (B, n_outputs)
+            Probabilities or raw outputs of each window, on the CPU.
+        gate_means : Tensor, shape (B, n_experts)
+            Mean gate activation of each expert for each window, on the CPU.
+
+        Both are engine-owned buffers overwritten by the next call of any batch size;
+        copy to keep them. Row ``i`` equals ``engine(x[i:i+1], psd[i:i+1])`` to within
+        float32 rounding (about 1e-7).
+        """
+        b = self._check(x, psd)
+        self._decode(x, psd, b)
+        return self._results_by_batch[b], self._gates_by_batch[b]
+
     def raw(self, x: torch.Tensor, psd: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The engine's logits ``(1, n_outputs)`` and gate means ``(1, n_experts)``."""
-        self._check(x, psd)
+        """The engine's logits ``(B, n_outputs)`` and gate means ``(B, n_experts)``."""
+        b = self._check(x, psd)
         self._run(x, psd)
-        return self._raw
+        return self._raw_by_batch[b]
 
     def warmup(self, n_runs: int = 3) -> None:
-        """Run the example window ``n_runs`` times (lazy initialisation, caches, graphs)."""
+        """Run the example ``n_runs`` times at every batch size (lazy init, caches, graphs)."""
         for _ in range(n_runs):
-            self(*self._example)
+            for b in self.batch_sizes:
+                self._decode(*self._examples[b], b)
+
+    def _decode(self, x: torch.Tensor, psd: torch.Tensor, b: int) -> None:
+        self._run(x, psd)
+        if self.softmax:
+            logits, probs = self._raw_by_batch[b][0], self._probs_by_batch[b]
+            scratch = self._scratch_by_batch[b]
+            torch.amax(logits, dim=-1, keepdim=True, out=scratch)
+            torch.sub(logits, scratch, out=probs).exp_()
+            torch.sum(probs, dim=-1, keepdim=True, out=scratch)
+            probs.div_(scratch)
 
     def summary(self) -> str:
         """One line for logs: backend, device, cache, parity and why it was chosen."""
@@ -206,7 +281,8 @@ class Engine(ABC):
             "parity unchecked"
             if self.parity is None
             else f"parity max|Δ|={self.parity.max_abs_diff:.2e} cos={self.parity.cosine:.6f} "
-            f"over {self.parity.n_inputs} windows"
+            f"over {self.parity.n_inputs} inputs"
+            + (f" (batch 1-{self.max_batch})" if self.max_batch > 1 else "")
         )
         return (
             f"engine {self.name} on {self.device}: {origin} in {self.build_s:.1f} s; "
@@ -215,21 +291,36 @@ class Engine(ABC):
 
     @abstractmethod
     def _run(self, x: torch.Tensor, psd: torch.Tensor) -> None:
-        """Run the module on ``(x, psd)`` and copy its outputs into ``self._raw``."""
+        """Run the module on a batch ``(x, psd)`` of ``B`` windows and copy its outputs
+        into ``self._raw_by_batch[B]``."""
 
-    def _check(self, x: torch.Tensor, psd: torch.Tensor) -> None:
+    def _check(self, x: torch.Tensor, psd: torch.Tensor) -> int:
+        """Validate a batch; return its size ``B``."""
+        b = x.shape[0] if x.ndim == 3 else 0
         for name, tensor, shape in zip(INPUT_NAMES, (x, psd), self.input_shapes, strict=True):
-            if tensor.shape != shape or tensor.dtype != torch.float32:
+            if (
+                tensor.ndim != 3
+                or tensor.shape[1:] != shape[1:]
+                or tensor.shape[0] != b
+                or not 1 <= b <= self.max_batch
+                or tensor.dtype != torch.float32
+            ):
+                built = (
+                    f"{shape}"
+                    if self.max_batch == 1
+                    else f"(B, {shape[1]}, {shape[2]}) with 1 <= B <= {self.max_batch}"
+                )
                 raise ValueError(
                     f"{name} is {tensor.dtype} {tuple(tensor.shape)}; this {self.name} engine "
-                    f"was built for float32 {shape}; rebuild it for the new window or fix "
-                    "the window"
+                    f"was built for float32 {built}; rebuild it for the new window or batch "
+                    "(max_batch) or fix the window"
                 )
             if not self.copies_inputs and tensor.device != self.device:
                 raise ValueError(
                     f"{name} is on {tensor.device}; this {self.name} engine runs on "
                     f"{self.device}; move the window there or rebuild the engine"
                 )
+        return b
 
 
 def import_extra(module: str, extra: str) -> ModuleType:
@@ -274,6 +365,7 @@ def cache_key(
     *,
     fp16: bool = False,
     versions: dict[str, str] | None = None,
+    max_batch: int = 1,
 ) -> dict[str, Any]:
     """The identity of a compiled artifact; a change in any entry means a rebuild.
 
@@ -290,6 +382,9 @@ def cache_key(
         Reduced precision requested.
     versions : dict of str to str
         Versions of the backend's libraries (``torch`` and ``rtmoe`` are always added).
+    max_batch : int
+        Largest batch the artifact takes (every size ``1..max_batch``); the example
+        inputs are one window.
     """
     device = example_inputs[0].device
     if device.type == "cuda":
@@ -304,6 +399,7 @@ def cache_key(
             {"name": n, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
             for n, t in zip(INPUT_NAMES, example_inputs, strict=True)
         ],
+        "max_batch": max_batch,
         "fp16": fp16,
         "device": device_id,
         "versions": {"rtmoe": __version__, "torch": torch.__version__, **(versions or {})},
@@ -345,6 +441,22 @@ def parity_inputs(
     return pairs
 
 
+def batch_inputs(
+    windows: Sequence[tuple[torch.Tensor, torch.Tensor]], max_batch: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One stacked batch of each size ``2..max_batch`` drawn from ``windows`` (batch 1 each).
+
+    Batch ``b`` holds windows ``b, b+1, …`` (cyclically), so each size mixes different
+    windows, the flat one included, and a row that leaks into another shows.
+    """
+    n = len(windows)
+    batches = []
+    for b in range(2, max_batch + 1):
+        chosen = [windows[(b + i) % n] for i in range(b)]
+        batches.append((torch.cat([w[0] for w in chosen]), torch.cat([w[1] for w in chosen])))
+    return batches
+
+
 def check_parity(
     engine: Engine,
     reference: DecodeModule,
@@ -361,7 +473,7 @@ def check_parity(
     reference : DecodeModule
         Run eagerly in inference mode (float32, eval) on each input's device.
     inputs : sequence of (x, psd)
-        Windows of the engine's shapes.
+        Windows or batches of windows of the engine's shapes.
     atol : float, optional
         Pass when ``max_abs_diff <= atol`` (full-precision backends).
     min_cosine : float, optional
@@ -407,7 +519,8 @@ def check_parity(
             "is expected (fp16), or use --engine torch"
             + (f" (cache: {engine.cache_path})" if engine.cache_path else "")
         )
-    return Parity(max_abs, cosine, len(inputs), criterion)
+    sizes = tuple(sorted({int(x.shape[0]) for x, _ in inputs}))
+    return Parity(max_abs, cosine, len(inputs), criterion, sizes)
 
 
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:

@@ -1,8 +1,9 @@
 """``build_engine``: choose a backend, build or load its cached artifact, check parity.
 
 Cache layout: ``cache_dir/<backend>-<key hash>/`` holds the artifact (``model.onnx`` or
-``engine.ep``) and ``key.json``, the full key (model hash,
-shapes, dtypes, device, fp16, library versions). An entry is written in a hidden sibling
+``engine.ep`` and, for ``max_batch > 1``, ``engine-b<B>.ep``) and ``key.json``, the full
+key (model hash, shapes, dtypes, max_batch, device, fp16, library versions). ``torch``,
+``compile`` and ``cudagraph`` keep nothing in it. An entry is written in a hidden sibling
 folder and renamed into place, so a crash never leaves half an artifact under the key.
 A cached artifact that fails to load or disagrees with eager PyTorch is discarded and
 rebuilt once; a freshly built one that disagrees is an error.
@@ -27,6 +28,7 @@ from rtmoe.engine.base import (
     DecodeModule,
     Engine,
     EngineError,
+    batch_inputs,
     cache_dir_name,
     cache_key,
     check_parity,
@@ -34,11 +36,18 @@ from rtmoe.engine.base import (
     parity_inputs,
     timed,
 )
+from rtmoe.engine.cudagraph import CudaGraphEngine
 from rtmoe.engine.onnx import OnnxEngine, onnx_versions
 from rtmoe.engine.tensorrt import TensorRTEngine, tensorrt_versions
 from rtmoe.engine.torch_engine import CompileEngine, TorchEngine
 
 KEY_FILE = "key.json"
+#: Backends that keep nothing in the engine cache: built afresh by every build_engine.
+_UNCACHED: dict[str, type[Engine]] = {
+    "torch": TorchEngine,
+    "compile": CompileEngine,
+    "cudagraph": CudaGraphEngine,
+}
 
 
 def default_cache_dir() -> Path:
@@ -52,24 +61,29 @@ def default_cache_dir() -> Path:
 def choose_backend(device: torch.device) -> tuple[list[str], str]:
     """The backends ``auto`` tries for a window on ``device``, best first, and why.
 
-    A CUDA window gets TensorRT when ``torch_tensorrt`` imports; otherwise (and on a
-    CPU) ONNX Runtime when ``onnxruntime`` imports; eager PyTorch is always the last
-    resort. Imports are tried for real: an installed but broken package does not count.
+    A CUDA window gets TensorRT when ``torch_tensorrt`` imports, then the CUDA-graph
+    engine (always possible on CUDA; also the fallback of a TensorRT build that fails);
+    after those (and on a CPU) ONNX Runtime when ``onnxruntime`` imports; eager PyTorch
+    is always the last resort. Imports are tried for real: an installed but broken
+    package does not count.
     """
     reasons = []
+    first: list[str] = []
     if device.type == "cuda":
         found, why = _importable("torch_tensorrt")
         if found:
-            return ["tensorrt", "onnx", "torch"], f"auto: CUDA window and {why}"
-        reasons.append(f"CUDA window but {why}")
+            first = ["tensorrt", "cudagraph"]
+            reasons.append(f"CUDA window and {why}")
+        else:
+            first = ["cudagraph"]
+            reasons.append(f"CUDA window but {why}; CUDA graphs instead")
     else:
         reasons.append("CPU window")
     found, why = _importable("onnxruntime")
     if found:
-        return ["onnx", "torch"], f"auto: {', '.join(reasons)}; {why}"
-    return ["torch"], (
-        f"auto: {', '.join(reasons)}; {why} (`pip install 'rtmoe[onnx]'` for a faster CPU path)"
-    )
+        return [*first, "onnx", "torch"], f"auto: {', '.join(reasons)}; {why}"
+    hint = " (`pip install 'rtmoe[onnx]'` for a faster CPU path)" if not first else ""
+    return [*first, "torch"], f"auto: {', '.join(reasons)}; {why}{hint}"
 
 
 def build_engine(
@@ -86,6 +100,7 @@ def build_engine(
     parity_windows: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
     n_random: int = 4,
     seed: int = 0,
+    max_batch: int = 1,
 ) -> Engine:
     """Build (or load from the cache) an engine for ``model`` and check it against eager.
 
@@ -97,9 +112,10 @@ def build_engine(
     example_inputs : (x, psd)
         ``x (1, n_chans, n_times)`` and ``psd (1, n_chans, n_bins)``, float32: the
         static shapes and the device (CUDA windows can use TensorRT).
-    kind : {"auto", "torch", "compile", "onnx", "tensorrt"}
+    kind : {"auto", "torch", "compile", "cudagraph", "onnx", "tensorrt"}
         Backend; ``auto`` picks with :func:`choose_backend` and falls back to the next
-        candidate when one fails to build or to match eager.
+        candidate when one fails to build or to match eager. ``cudagraph`` needs a CUDA
+        window.
     cache_dir : path, optional
         Root of the artifact cache; default :func:`default_cache_dir`.
     fp16 : bool
@@ -117,6 +133,11 @@ def build_engine(
         Real windows to add to the parity check (e.g. from the calibration recording).
     n_random, seed : int
         Seeded random windows added to the parity check.
+    max_batch : int
+        Largest batch :meth:`Engine.decode_batch` takes; every size ``1..max_batch`` is
+        built (one static graph per size where the backend needs static shapes:
+        compile, cudagraph, tensorrt; one dynamic batch axis for onnx) and checked
+        against eager on one stacked batch of each size. Part of the cache key.
 
     Returns
     -------
@@ -137,6 +158,8 @@ def build_engine(
             f"fp16=True is only supported by the tensorrt engine, not {kind!r}; drop fp16 "
             "or use the tensorrt engine"
         )
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch={max_batch!r} must be an integer >= 1 (windows per forward)")
     if atol < 0 or not 0 < parity_min_cosine <= 1:
         raise ValueError(
             f"atol={atol} must be >= 0 and parity_min_cosine={parity_min_cosine} in (0, 1]"
@@ -144,6 +167,7 @@ def build_engine(
     module = DecodeModule(model).eval()
     windows = parity_inputs(module, x, psd, n_random, seed)
     windows += [(wx.to(x.device), wp.to(x.device)) for wx, wp in parity_windows]
+    windows += batch_inputs(windows, max_batch)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if kind == "auto":
         candidates, reason = choose_backend(x.device)
@@ -157,7 +181,7 @@ def build_engine(
             engine = _build_checked(
                 candidate, module, x, psd, root, windows,
                 fp16=use_fp16, softmax=softmax, n_threads=n_threads,
-                atol=atol, min_cosine=parity_min_cosine,
+                atol=atol, min_cosine=parity_min_cosine, max_batch=max_batch,
             )  # fmt: skip
         except EngineError as err:
             if kind != "auto" or candidate == candidates[-1]:
@@ -183,21 +207,24 @@ def _build_checked(
     n_threads: int | None,
     atol: float,
     min_cosine: float,
+    max_batch: int = 1,
 ) -> Engine:
     """One backend: load or build, check parity; a bad cache entry is rebuilt once.
 
     On return ``engine.reason`` holds only a note about a discarded cache entry (or "").
     """
     threshold = {"min_cosine": min_cosine} if kind == "tensorrt" else {"atol": atol}
-    if kind in ("torch", "compile"):
-        cls = TorchEngine if kind == "torch" else CompileEngine
-        engine, build_s = timed(cls, module, x, psd, softmax=softmax)
+    if kind in _UNCACHED:
+        cls = _UNCACHED[kind]
+        engine, build_s = timed(cls, module, x, psd, softmax=softmax, max_batch=max_batch)
         engine.build_s = build_s
         engine.parity = check_parity(engine, module, windows, **threshold)
         engine.reason = ""
         return engine
-    factory, versions = _factory(kind, module, x, psd, fp16, softmax, n_threads)
-    key = cache_key(model_hash(module.model), kind, (x, psd), fp16=fp16, versions=versions)
+    factory, versions = _factory(kind, module, x, psd, fp16, softmax, n_threads, max_batch)
+    key = cache_key(
+        model_hash(module.model), kind, (x, psd), fp16=fp16, versions=versions, max_batch=max_batch
+    )
     entry = root / cache_dir_name(key)
     note = ""
     if _entry_matches(entry, key):
@@ -256,6 +283,7 @@ def _factory(
     fp16: bool,
     softmax: bool,
     n_threads: int | None,
+    max_batch: int = 1,
 ) -> tuple[Callable[[Path], Engine], dict[str, str]]:
     """``(folder -> Engine, versions for the cache key)`` of ``onnx`` or ``tensorrt``."""
     if kind == "onnx":
@@ -263,14 +291,20 @@ def _factory(
         cpu_module = module if x.device.type == "cpu" else copy.deepcopy(module).cpu()
         return (
             lambda folder: OnnxEngine(
-                cpu_module, x, psd, cache_path=folder, n_threads=n_threads, softmax=softmax
+                cpu_module,
+                x,
+                psd,
+                cache_path=folder,
+                n_threads=n_threads,
+                softmax=softmax,
+                max_batch=max_batch,
             ),
             versions,
         )
     versions = tensorrt_versions()
     return (
         lambda folder: TensorRTEngine(
-            module, x, psd, cache_path=folder, fp16=fp16, softmax=softmax
+            module, x, psd, cache_path=folder, fp16=fp16, softmax=softmax, max_batch=max_batch
         ),
         versions,
     )

@@ -5,13 +5,16 @@ The decode module is exported with ``torch.export`` for the static shapes, compi
 ExportedProgram (``engine.ep``); a later build loads it with ``torch_tensorrt.load``
 (which registers the TensorRT runtime ops that ``torch.export.load`` needs). The FFT
 stays outside: the PSD is an input. Operators TensorRT cannot convert run in PyTorch
-between TensorRT subgraphs.
+between TensorRT subgraphs. With ``max_batch > 1`` every batch size ``B`` gets its own
+static engine, ``engine-b<B>.ep`` (``engine.ep`` is batch 1): fully static shapes give
+TensorRT's best kernels for each size and keep the save/load path the same as batch 1.
 
 The cache is never trusted as found. ``torch_tensorrt.load`` tries ``torch.export.load``
 (whose tensor payloads fall back to ``torch.load(weights_only=False)``, an unrestricted
 unpickler, when the restricted one fails) and then ``torch.jit.load``; and a TensorRT plan
 is itself executable. So the sha256 and size of ``engine.ep`` are recorded in
-``engine.sha256.json`` right after it is built, and :func:`load_cached` loads the file
+``engine.sha256.json`` (``engine-b<B>.ep`` in ``engine-b<B>.sha256.json``) right after
+it is built, and :func:`load_cached` loads the file
 only when it still matches, is owned by this user and is writable by nobody else;
 otherwise the engine builder discards the entry and compiles afresh.
 
@@ -40,6 +43,16 @@ from rtmoe.engine.torch_engine import TorchEngine
 ENGINE_FILE = "engine.ep"
 #: sha256 and size of ``engine.ep``, written when it was built (see :func:`load_cached`).
 HASH_FILE = "engine.sha256.json"
+
+
+def engine_file(batch: int) -> str:
+    """File name of the engine for batch size ``batch``: ``engine.ep``, ``engine-b2.ep``…"""
+    return ENGINE_FILE if batch == 1 else f"engine-b{batch}.ep"
+
+
+def hash_file(path: Path) -> Path:
+    """The record beside an engine file: ``engine.ep`` → :data:`HASH_FILE`."""
+    return path.with_suffix(".sha256.json")
 
 
 def tensorrt_versions() -> dict[str, str]:
@@ -82,13 +95,15 @@ class TensorRTEngine(TorchEngine):
     module : DecodeModule
         On the same CUDA device as ``x``.
     x, psd : Tensor
-        Example window on a CUDA device; fixes the static shapes.
+        Example window (batch 1) on a CUDA device; fixes the static shapes.
     cache_path : Path
-        Folder of the artifact (existing ``engine.ep``: load; otherwise compile and save).
+        Folder of the artifact (existing engine files: load; otherwise compile and save).
     fp16 : bool
         Allow float16 kernels.
     softmax : bool
         Return probabilities rather than raw outputs.
+    max_batch : int
+        One static engine per batch size ``1..max_batch``.
     """
 
     name = "tensorrt"
@@ -102,6 +117,7 @@ class TensorRTEngine(TorchEngine):
         cache_path: Path,
         fp16: bool = False,
         softmax: bool = True,
+        max_batch: int = 1,
     ) -> None:
         torch_tensorrt = import_extra("torch_tensorrt", "tensorrt")
         if x.device.type != "cuda":
@@ -109,39 +125,59 @@ class TensorRTEngine(TorchEngine):
                 f"the tensorrt engine needs the window on a CUDA device, got {x.device}; "
                 "run on a GPU machine or use --engine onnx / torch"
             )
-        super().__init__(module, x, psd, softmax=softmax)
-        path = cache_path / ENGINE_FILE
-        self.from_cache = path.exists()
+        super().__init__(module, x, psd, softmax=softmax, max_batch=max_batch)
+        paths = {b: cache_path / engine_file(b) for b in self.batch_sizes}
+        # The builder publishes a folder only once every size is in it: all or none.
+        self.from_cache = all(p.exists() for p in paths.values())
         self.fp16 = fp16
-        inputs = [x, psd]
-        if self.from_cache:
-            self._module = load_cached(torch_tensorrt, path)
-            return
-        try:
-            exported = torch.export.export(module, tuple(inputs))
-            compile_fn = torch_tensorrt.dynamo.compile
-            settings = precision_settings(compile_fn, fp16)
-            compiled = compile_fn(exported, inputs=inputs, **settings)
-            torch_tensorrt.save(
-                compiled, str(path), output_format="exported_program", inputs=inputs
-            )
-            record_artifact(path)
-            self._module = compiled
-        except Exception as err:  # export/conversion/build raise many types
-            raise EngineError(
-                f"Torch-TensorRT could not compile the model ({type(err).__name__}: {err}); "
-                "use --engine torch"
-            ) from err
+        self._modules: dict[int, torch.nn.Module] = {}
+        for b, path in paths.items():
+            if self.from_cache:
+                self._modules[b] = load_cached(torch_tensorrt, path)
+            else:
+                self._modules[b] = _compile(torch_tensorrt, module, self._examples[b], path, fp16)
+        self._module = self._modules[1]
+
+    def _run(self, x: torch.Tensor, psd: torch.Tensor) -> None:
+        b = x.shape[0]
+        with torch.inference_mode():
+            outputs = self._modules[b](x, psd)
+        for buffer, output in zip(self._raw_by_batch[b], outputs, strict=True):
+            buffer.copy_(output)
+
+
+def _compile(
+    torch_tensorrt: Any,
+    module: DecodeModule,
+    inputs: tuple[torch.Tensor, torch.Tensor],
+    path: Path,
+    fp16: bool,
+) -> torch.nn.Module:
+    """Export, compile and save one static-shape engine to ``path`` (and its record)."""
+    inputs = list(inputs)
+    try:
+        exported = torch.export.export(module, tuple(inputs))
+        compile_fn = torch_tensorrt.dynamo.compile
+        settings = precision_settings(compile_fn, fp16)
+        compiled = compile_fn(exported, inputs=inputs, **settings)
+        torch_tensorrt.save(compiled, str(path), output_format="exported_program", inputs=inputs)
+        record_artifact(path)
+        return compiled
+    except Exception as err:  # export/conversion/build raise many types
+        raise EngineError(
+            f"Torch-TensorRT could not compile the model for batch {inputs[0].shape[0]} "
+            f"({type(err).__name__}: {err}); use --engine torch"
+        ) from err
 
 
 def record_artifact(path: Path) -> None:
-    """Record ``path``'s sha256 and size in :data:`HASH_FILE` beside it.
+    """Record ``path``'s sha256 and size beside it (:func:`hash_file`).
 
     Both files are made read-only for group and others (mode 0644), which
     :func:`verify_artifact` requires.
     """
     record = {"file": path.name, "size": path.stat().st_size, "sha256": _sha256(path)}
-    hash_path = path.with_name(HASH_FILE)
+    hash_path = hash_file(path)
     hash_path.write_text(json.dumps(record, indent=2) + "\n")
     for p in (path, hash_path):
         os.chmod(p, 0o644)
@@ -157,13 +193,13 @@ def verify_artifact(path: Path) -> None:
         artifact or its record is owned by another user or writable by group/others.
         The message names the file; the builder then rebuilds the entry.
     """
-    hash_path = path.with_name(HASH_FILE)
+    hash_path = hash_file(path)
     try:
         record = json.loads(hash_path.read_text())
         want_size, want_sha = int(record["size"]), str(record["sha256"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise EngineError(
-            f"cached engine {path} has no readable {HASH_FILE} ({type(err).__name__}), so "
+            f"cached engine {path} has no readable {hash_path.name} ({type(err).__name__}), so "
             "it cannot be verified; it is rebuilt (delete the cache folder to silence this)"
         ) from None
     for p in (path, hash_path):
