@@ -291,7 +291,10 @@ class Live:
         )
         self.runtime = Runtime("default", {"name": name, "source_id": name}, cfg)
         address = self.runtime.publisher.address
-        self.view = ViewServer(address, port=0, history_s=20.0).start()
+        self.view = ViewServer(
+            address, port=0, history_s=20.0, markers=self.player.marker_info.name()
+        ).start()
+        self.marker_labels = {m.label for m in self.player.replay.markers}
         self.received: dict[int, object] = {}
         self.states: list[str] = []
         self.sub = Subscriber(address).start(
@@ -350,11 +353,16 @@ def test_page_draws_live_decodes_that_match_the_subscriber(live, tmp_path):
     hold = "live-" + secrets.token_hex(3)
     browser = Browser(f"{live.view.url}?hold={hold}&report=1", tmp_path / "profile")
     try:
-        # live updates: at least 5 decodes received by the page after its snapshot
+        # live updates: at least 5 decodes received by the page after its snapshot, and a
+        # cue of the marker stream drawn (one every 3.5 s in the demo recording)
         _wait_report(
             live.view,
             hold,
-            lambda r: int(r.get("liveUpdates") or 0) >= 5 and r.get("state") == "RUNNING",
+            lambda r: (
+                int(r.get("liveUpdates") or 0) >= 5
+                and r.get("state") == "RUNNING"
+                and int(r.get("markersDrawn") or 0) >= 1
+            ),
             180.0,
             browser,
         )
@@ -378,6 +386,7 @@ def test_page_draws_live_decodes_that_match_the_subscriber(live, tmp_path):
     assert json.loads(dom["trace-channels"]) == list(live.runtime.loaded.task.ch_names)
     assert int(dom["trace-points"]) > 0 and json.loads(dom["flagged"]) == []
     assert int(dom["preview-seq"]) > 0
+    assert int(dom["markers-drawn"]) >= 1 and dom["last-marker"] in live.marker_labels
 
     # the screenshot (CI artifact): a second page, captured once it drew live data
     shot = _artifact_dir(tmp_path) / "rtmoe-view.png"

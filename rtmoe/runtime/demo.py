@@ -178,7 +178,9 @@ def run_demo(
             from rtmoe.view import ViewServer
 
             try:
-                view = ViewServer(runtime.publisher.address, port=view_port).start()
+                view = ViewServer(
+                    runtime.publisher.address, port=view_port, markers=f"{name}-markers"
+                ).start()
             except OSError as err:  # the port is taken: a user error, nothing left open
                 runtime.close()
                 raise ValueError(str(err)) from None

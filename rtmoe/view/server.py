@@ -1,14 +1,16 @@
 """The ``rtmoe view`` server: a ZeroMQ subscriber thread and a small HTTP server.
 
 One SUB socket connects to the runtime's publisher (``rtmoe stream --zmq`` or
-``rtmoe demo``), subscribes to its decode, status and preview topics, validates every message with :func:`rtmoe.transport.decode` and hands
-the payload, unchanged, to every open page as a Server-Sent Event (``text/event-stream``:
-``event: decode``, ``event: status``, ``event: preview`` (the opt-in signal preview of
-protocol 1.3, when the runtime sends it), and once a second ``event: view`` with this
-server's own counters). A page that connects (or reconnects) first gets a ``snapshot``
-event: the decodes of the last ``history_s`` seconds, the previews of the last
-``PREVIEW_HISTORY_S`` and the newest status, so it draws the recent past at once. The page (``static/index.html`` and ``static/view.js``) keeps its
-own history and draws it on canvases.
+``rtmoe demo``), subscribes to its decode, status and preview topics, validates every
+message with :func:`rtmoe.transport.decode` and hands the payload, unchanged, to every
+open page as a Server-Sent Event (``text/event-stream``: ``event: decode``, ``event:
+status``, ``event: preview`` (the opt-in signal preview of protocol 1.3, when the runtime
+sends it), ``event: marker`` (cues of an LSL marker stream, with ``markers``), and once a
+second ``event: view`` with this server's own counters). A page that connects (or
+reconnects) first gets a ``snapshot`` event: the decodes and markers of the last
+``history_s`` seconds, the previews of the last ``PREVIEW_HISTORY_S`` and the newest
+status, so it draws the recent past at once. The page (``static/index.html`` and
+``static/view.js``) keeps its own history and draws it on canvases.
 
 Endpoints
 ---------
@@ -98,6 +100,7 @@ class _Hub:
         self.count = 0  # events ever appended
         self.decodes: collections.deque[tuple[float, bytes]] = collections.deque()
         self.previews: collections.deque[tuple[float, bytes]] = collections.deque()
+        self.markers: collections.deque[tuple[float, bytes]] = collections.deque()
         self.status: bytes | None = None
         self.view: bytes = b"null"
         self.closed = False
@@ -111,6 +114,7 @@ class _Hub:
         """The snapshot JSON (call with ``cond`` held)."""
         decodes = b",".join(payload for _, payload in self.decodes)
         previews = b",".join(payload for _, payload in self.previews)
+        markers = b",".join(payload for _, payload in self.markers)
         return (
             b'{"view":'
             + self.view
@@ -120,6 +124,8 @@ class _Hub:
             + decodes
             + b'],"previews":['
             + previews
+            + b'],"markers":['
+            + markers
             + b"]}"
         )
 
@@ -151,6 +157,10 @@ class ViewServer:
         Seconds of decodes a newly opened page receives (and draws), s.
     hold_timeout_s : float
         Longest a ``/hold`` request waits for :meth:`release`, s.
+    markers : str, optional
+        LSL name of a marker stream (the experiment's cues) to draw on the time axes;
+        looked for every 2 s until found (needs pylsl). Its LSL times are clock-corrected,
+        so they share the decodes' time base when the runtime runs on this machine.
     context : zmq.Context, optional
         Defaults to ``zmq.Context.instance()`` (``inproc://`` needs the publisher's).
 
@@ -175,6 +185,7 @@ class ViewServer:
         allow_remote: bool = False,
         history_s: float = 30.0,
         hold_timeout_s: float = 60.0,
+        markers: str | None = None,
         context: Any = None,
     ) -> None:
         if not allow_remote and not _is_loopback_host(host):
@@ -195,6 +206,9 @@ class ViewServer:
         self.decodes = self.statuses = self.previews = self.bad_messages = 0
         self.seq_holes = self.restarts = self.pages_lost_events = 0
         self.last_error: str | None = None
+        self.markers = markers
+        self.markers_received = 0
+        self.markers_error: str | None = None
         self._hub = _Hub(history_s)
         self._last_seq: int | None = None
         self._last_uptime_s: float | None = None
@@ -251,7 +265,10 @@ class ViewServer:
         """Start the subscriber and HTTP threads (daemons); returns ``self``."""
         if self._threads:
             raise RuntimeError("start() called twice")
-        for target, name in ((self._receive, "rtmoe-view-zmq"), (self._serve, "rtmoe-view-http")):
+        targets = [(self._receive, "rtmoe-view-zmq"), (self._serve, "rtmoe-view-http")]
+        if self.markers:
+            targets.append((self._read_markers, "rtmoe-view-markers"))
+        for target, name in targets:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -373,6 +390,41 @@ class ViewServer:
                 hub.status = payload
                 hub.append(_event("status", payload))
 
+    def _read_markers(self) -> None:
+        """Find the marker stream (again every 2 s until found) and forward its cues."""
+        from rtmoe.stream.lsl import LslError, resolve_stream
+        from rtmoe.stream.markers import MarkerInlet
+
+        inlet = None
+        try:
+            while not self._stop.is_set():
+                if inlet is None:
+                    try:
+                        inlet = MarkerInlet(resolve_stream(name=self.markers, timeout_s=1.0))
+                    except LslError as err:
+                        self.markers_error = str(err).splitlines()[0]
+                        self._stop.wait(2.0)
+                        continue
+                    self.markers_error = None
+                for stamp, label in inlet.pull():
+                    self._add_marker(stamp, label)
+                self._stop.wait(0.1)
+        finally:
+            if inlet is not None:
+                inlet.close()
+
+    def _add_marker(self, lsl_s: float, label: str) -> None:
+        payload = json.dumps(
+            {"type": "marker", "lsl_s": lsl_s, "label": label}, separators=(",", ":")
+        ).encode()
+        hub = self._hub
+        with hub.cond:
+            self.markers_received += 1
+            hub.markers.append((lsl_s, payload))
+            while hub.markers and hub.markers[0][0] < lsl_s - hub.history_s:
+                hub.markers.popleft()
+            hub.append(_event("marker", payload))
+
     def _publish_view(self) -> None:
         info = {
             "type": "view",
@@ -386,6 +438,9 @@ class ViewServer:
             "restarts": self.restarts,
             "pages": self._clients,
             "pages_lost_events": self.pages_lost_events,
+            "markers": self.markers,
+            "markers_received": self.markers_received,
+            "markers_error": self.markers_error,
             "history_s": self._hub.history_s,
             "rtmoe_version": __version__,
         }
@@ -560,6 +615,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds of decodes a newly opened page draws",
     )
+    parser.add_argument(
+        "--markers",
+        metavar="NAME",
+        help="LSL name of the experiment's marker stream: cues drawn on the time axes",
+    )
     parser.add_argument("--open", action="store_true", help="open the page in the web browser")
     parser.add_argument("--duration-s", type=float, help="stop after this many seconds")
 
@@ -582,6 +642,7 @@ def _run(args: argparse.Namespace) -> int:
             port=args.port,
             allow_remote=args.allow_remote,
             history_s=args.history_s,
+            markers=args.markers,
         )
     except OSError as err:
         raise UserError(str(err)) from None

@@ -44,6 +44,7 @@
     connected: false, dirty: true,
     // signal preview (protocol 1.3): per column its LSL time and one value per channel
     pv: { t: [], cols: [], names: [], last: null },
+    markers: [], // cues of the experiment's marker stream (rtmoe view --markers): {t, label}
   };
   const TRACE_SPAN_S = 10;
 
@@ -51,6 +52,37 @@
     S.t = []; S.probs = []; S.gates = []; S.latency = []; S.compute = [];
     S.last = null; S.clockLsl = null; S.dirty = true;
     S.pv = { t: [], cols: [], names: [], last: null };
+    S.markers = [];
+  }
+
+  function addMarker(m) {
+    S.markers.push({ t: m.lsl_s, label: m.label });
+    const oldest = m.lsl_s - S.historyS - 2;
+    while (S.markers.length && S.markers[0].t < oldest) S.markers.shift();
+    live.dataset.lastMarker = m.label;
+    live.dataset.markers = String(S.markers.length);
+    S.dirty = true;
+  }
+
+  // Cues as dashed vertical lines with their label, on a chart whose x maps LSL time.
+  function drawMarkers(ctx, X, t0, t1, top, bottom) {
+    let n = 0;
+    ctx.save();
+    ctx.setLineDash([4, 3]);
+    ctx.strokeStyle = "#e3b341";
+    ctx.fillStyle = "#e3b341";
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.textAlign = "left";
+    ctx.textBaseline = "top";
+    for (const m of S.markers) {
+      if (m.t < t0 || m.t > t1) continue;
+      const x = X(m.t);
+      ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, bottom); ctx.stroke();
+      ctx.fillText(m.label, x + 3, top);
+      n++;
+    }
+    ctx.restore();
+    return n;
   }
 
   function addPreview(p) {
@@ -133,11 +165,13 @@
     if (snap.view) setView(snap.view);
     for (const d of snap.decodes) addDecode(d, false);
     for (const p of snap.previews || []) addPreview(p);
+    for (const m of snap.markers || []) addMarker(m);
     if (snap.status) setStatus(snap.status);
   });
   es.addEventListener("decode", (e) => addDecode(JSON.parse(e.data), true));
   es.addEventListener("status", (e) => setStatus(JSON.parse(e.data)));
   es.addEventListener("preview", (e) => addPreview(JSON.parse(e.data)));
+  es.addEventListener("marker", (e) => addMarker(JSON.parse(e.data)));
   es.addEventListener("view", (e) => setView(JSON.parse(e.data)));
 
   function setView(v) {
@@ -201,7 +235,7 @@
   }
 
   // One line per series; a hole longer than 1 s (a stall, a restart) breaks the line.
-  function drawSeries(canvas, rows, n, y0, y1, yFmt) {
+  function drawSeries(canvas, rows, n, y0, y1, yFmt, withMarkers = false) {
     const { ctx, w, h } = ctx2d(canvas);
     const t1 = nowLsl();
     axes(ctx, w, h, y0, y1, yFmt, t1);
@@ -230,6 +264,9 @@
       ctx.stroke();
     }
     ctx.restore();
+    if (withMarkers) {
+      live.dataset.markersDrawn = String(drawMarkers(ctx, X, t0, t1, PAD.t, h - PAD.b));
+    }
     return points;
   }
 
@@ -362,6 +399,7 @@
       }
       ctx.stroke();
     }
+    drawMarkers(ctx, X, t1 - span, t1, PAD.t, h - PAD.b);
     live.dataset.traceChannels = JSON.stringify(pv.names);
     live.dataset.flagged = JSON.stringify(flagged);
     live.dataset.previewSeq = String(p.seq);
@@ -493,7 +531,7 @@
     const moving = S.clockLsl !== null && performance.now() - S.clockAt < 1600;
     if (!S.dirty && !moving) return;
     if (S.dirty) renderDecision();
-    S.points = drawSeries($("probs"), S.probs, S.labels.length, 0, 1, pct);
+    S.points = drawSeries($("probs"), S.probs, S.labels.length, 0, 1, pct, true);
     live.dataset.tracePoints = String(drawTraces());
     drawGates();
     if (S.dirty) drawLatency();
