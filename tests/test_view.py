@@ -103,7 +103,7 @@ def _until(predicate, timeout_s: float, step_s: float = 0.05):
 @pytest.fixture
 def pub_view():
     publisher = ZmqPublisher("tcp://127.0.0.1:0")
-    view = ViewServer(publisher.address, port=0, history_s=5.0).start()
+    view = ViewServer(publisher.address, port=0, history_s=5.0, hold_timeout_s=240.0).start()
     # ZeroMQ's slow joiner: publish statuses until the view has one
     assert _until(lambda: (publisher.publish(_status(0)), view.statuses)[1], 10.0)
     yield publisher, view
@@ -167,6 +167,12 @@ def test_refuses_other_hosts_and_network_addresses(pub_view):
     publisher, view = pub_view
     assert _get(view.url, {"Host": "evil.example:80"})[0] == 403  # DNS rebinding
     assert _get(view.url, {"Host": f"localhost:{view.port}"})[0] == 200
+    report = urllib.request.Request(
+        view.url + "report", data=b'{"name": "x"}', headers={"Origin": "http://evil.example"}
+    )
+    with pytest.raises(urllib.error.HTTPError, match="403"):
+        urllib.request.urlopen(report, timeout=5.0)
+    assert view.report("x") is None
     with pytest.raises(ValueError, match="allow_remote"):
         ViewServer(publisher.address, host="0.0.0.0", port=0)
 
@@ -292,7 +298,11 @@ class Live:
         self.runtime = Runtime("default", {"name": name, "source_id": name}, cfg)
         address = self.runtime.publisher.address
         self.view = ViewServer(
-            address, port=0, history_s=20.0, markers=self.player.marker_info.name()
+            address,
+            port=0,
+            history_s=20.0,
+            markers=self.player.marker_info.name(),
+            hold_timeout_s=240.0,  # a page's load waits for the test, however slow CI is
         ).start()
         self.marker_labels = {m.label for m in self.player.replay.markers}
         self.received: dict[int, object] = {}

@@ -537,6 +537,11 @@ def _handler_for(view: ViewServer) -> type[BaseHTTPRequestHandler]:
             if urlsplit(self.path).path != "/report":
                 self._send(HTTPStatus.NOT_FOUND, b"not found\n")
                 return
+            origin = self.headers.get("Origin")
+            if origin is not None and origin != f"http://{self.headers.get('Host', '')}":
+                # a page of another site cannot post (browsers send their Origin)
+                self._send(HTTPStatus.FORBIDDEN, b"cross-origin report refused\n")
+                return
             length = int(self.headers.get("Content-Length") or 0)
             if not 0 < length <= 65536:
                 self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"report too large\n")
