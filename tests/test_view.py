@@ -497,3 +497,17 @@ def test_page_marks_flat_and_zero_filled_channels_of_the_preview(pub_view, tmp_p
     assert json.loads(dom["trace-channels"]) == ["C3", "CZ", "C4"]
     assert json.loads(dom["flagged"]) == ["CZ:flat+filled", "C4:range"]
     assert int(dom["trace-points"]) == 3 * 25  # 5 previews of 5 columns, per channel
+
+
+def test_single_frame_publisher_is_read_too():
+    publisher = ZmqPublisher("tcp://127.0.0.1:0", single_frame=True)
+    view = ViewServer(publisher.address, port=0).start()
+    try:
+        assert _until(lambda: (publisher.publish(_status(0)), view.statuses)[1], 10.0)
+        publisher.publish(_decode(0, 1000.0))
+        assert _until(lambda: view.decodes == 1, 10.0)
+        state = json.loads(_get(view.url + "state")[1])
+        assert state["decodes"][0]["seq"] == 0 and state["status"]["state"] == "RUNNING"
+    finally:
+        view.close()
+        publisher.close()
