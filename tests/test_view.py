@@ -392,9 +392,11 @@ def test_page_draws_live_decodes_that_match_the_subscriber(live, tmp_path):
     assert int(dom["points"]) >= 2 * len(expected.labels)  # lines drawn on the canvas
     assert int(dom["latency-count"]) >= 5 and float(dom["p99"]) >= float(dom["p50"]) > 0
     assert int(dom["draws"]) >= 10
-    # per-channel traces from the preview topic: every model channel, none flagged
+    # per-channel traces from the preview topic: every model channel, none flat or
+    # zero-filled (real EEG; "noisy" and "range" depend on the data, not checked here)
     assert json.loads(dom["trace-channels"]) == list(live.runtime.loaded.task.ch_names)
-    assert int(dom["trace-points"]) > 0 and json.loads(dom["flagged"]) == []
+    assert int(dom["trace-points"]) > 0
+    assert not [f for f in json.loads(dom["flagged"]) if "flat" in f or "filled" in f]
     assert int(dom["preview-seq"]) > 0
     assert int(dom["markers-drawn"]) >= 1 and dom["last-marker"] in live.marker_labels
 
@@ -495,7 +497,7 @@ def test_page_marks_flat_and_zero_filled_channels_of_the_preview(pub_view, tmp_p
     finally:
         browser.kill()
     assert json.loads(dom["trace-channels"]) == ["C3", "CZ", "C4"]
-    assert json.loads(dom["flagged"]) == ["CZ:flat+filled", "C4:range"]
+    assert json.loads(dom["flagged"]) == ["CZ:flat+filled", "C4:noisy+range"]
     assert int(dom["trace-points"]) == 3 * 25  # 5 previews of 5 columns, per channel
 
 

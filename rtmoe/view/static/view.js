@@ -364,11 +364,16 @@
       ctx.fillText(s === 0 ? "now" : `-${s} s`, s === 0 ? w - PAD.r : X(t1 - s), h - PAD.b + 9);
     }
     const p = pv.last, flagged = [];
+    // noisy: the rule of the calibration quality report (calibration/quality.py: SD above
+    // NOISY_FACTOR = 5 times the median over channels, or above NOISY_UV = 200 µV)
+    const sds = p.std_uv.slice().sort((a, b) => a - b);
+    const medianSd = sds.length ? sds[Math.floor((sds.length - 1) / 2)] : 0;
     let points = 0;
     for (let c = 0; c < n; c++) {
       const y0 = PAD.t + lane * (c + 0.5);
-      const flags = [["flat", p.flat[c]], ["range", p.out_of_range[c]], ["filled", p.filled[c]]]
-        .filter(([, on]) => on).map(([name]) => name);
+      const noisy = p.std_uv[c] > 200 || (medianSd > 0 && p.std_uv[c] > 5 * medianSd);
+      const flags = [["flat", p.flat[c]], ["noisy", noisy], ["range", p.out_of_range[c]],
+        ["filled", p.filled[c]]].filter(([, on]) => on).map(([name]) => name);
       if (flags.length) flagged.push(`${pv.names[c]}:${flags.join("+")}`);
       ctx.textAlign = "left";
       ctx.fillStyle = flags.length ? "#ff7b72" : "#e6edf3";
