@@ -154,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"live accuracy     {live_acc:.4f} ({n_live_correct} correct)")
     print(f"offline accuracy  {offline_acc:.4f} ({int(np.sum(offline == truth))} correct); "
           f"on the scored trials {offline_acc_scored:.4f}")  # fmt: skip
-    print(f"per-trial agreement {float(agree.mean()) if n_scored else float('nan'):.4f} "
-          f"({int(agree.sum())}/{n_scored}); |Δp| mean {dp.mean():.4f} max {dp.max():.4f}")
+    print(
+        f"per-trial agreement {float(agree.mean()) if n_scored else float('nan'):.4f} "
+        f"({int(agree.sum())}/{n_scored}); |Δp| mean {dp.mean():.4f} max {dp.max():.4f}"
+    )
     return 0 if n_scored == n else 1
 
 

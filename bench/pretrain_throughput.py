@@ -23,10 +23,10 @@ import time
 def measure(size: str, device: str, batch: int, n_chans: int, n_times: int, repeats: int):
     import torch
 
-    from rtmoe.offline.pretrain import reconstruction_loss
     from rtmoe.config import Config
     from rtmoe.dsp.masking import spectral_mask
     from rtmoe.models.registry import build_model
+    from rtmoe.offline.pretrain import reconstruction_loss
 
     cfg = Config()
     dev = torch.device(device)

@@ -22,10 +22,10 @@ from rtmoe.calibration.epochs import Trials, epoch_recording, parse_classes
 from rtmoe.calibration.fit import ALIGNMENTS, TUNINGS, FitError, confusion_png, fit_subject
 from rtmoe.calibration.quality import format_report, quality_report
 from rtmoe.calibration.record import TrialCounter, record_lsl, record_replay
-from rtmoe.console import StatusLine
 from rtmoe.calibration.session import Session, SessionError, read_meta, read_session
 from rtmoe.cli import Command, UserError
 from rtmoe.config import RuntimeConfig, add_config_arguments, config_from_args
+from rtmoe.console import StatusLine
 from rtmoe.models.specmoe import LoadedSpecMoE
 from rtmoe.profiles import (
     check_subject,

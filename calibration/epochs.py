@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from rtmoe.calibration.session import RecordedSession
 
+from rtmoe.calibration.session import RecordedSession
 from rtmoe.config import SignalConfig
 from rtmoe.signal.chain import continuity_breaks, preprocess_recording
 

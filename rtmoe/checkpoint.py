@@ -219,6 +219,7 @@ def write_latest(run_dir: str | Path, name: str) -> None:
     _write_synced(tmp, f"{name}\n".encode())
     os.replace(tmp, run_dir / LATEST_FILE)
 
+
 def checkpoint_identity(directory: str | Path) -> dict[str, Any]:
     """What names a checkpoint in another one's provenance, without a machine path.
 

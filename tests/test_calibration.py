@@ -565,8 +565,8 @@ def test_cues_in_the_first_seconds_of_a_run_are_kept(tmp_path, base_dir, capsys)
     import uuid
 
     pytest.importorskip("pylsl")
-    from rtmoe.stream.player import Player
     from rtmoe.recording import read_recording
+    from rtmoe.stream.player import Player
 
     fif, y = build_trials_fif(tmp_path / "first_eeg.fif", "train", 24, seed=3)
     name = f"first-{uuid.uuid4().hex[:8]}"

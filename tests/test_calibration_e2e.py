@@ -29,10 +29,7 @@ from rtmoe.calibration.session import Session, read_session  # noqa: E402
 from rtmoe.config import RuntimeConfig  # noqa: E402
 from rtmoe.models.shipped import load_model  # noqa: E402
 from rtmoe.profiles import load_profile  # noqa: E402
-from rtmoe.recording import (
-    Recording,  # noqa: E402
-    read_recording,  # noqa: E402
-)
+from rtmoe.recording import Recording, read_recording  # noqa: E402
 from rtmoe.runtime.loop import Runtime  # noqa: E402
 from rtmoe.signal import apply_alignment  # noqa: E402
 from rtmoe.signal.channels import map_channels  # noqa: E402

@@ -12,7 +12,10 @@ from pathlib import Path
 import mne
 import numpy as np
 import pytest
-from rtmoe.recording import InputError
+from scipy import signal
+
+from rtmoe.cli import UserError
+from rtmoe.config import TEN_TWENTY_19, Config, CorpusConfig, SignalConfig, to_dict
 from rtmoe.offline.corpus.build import build_corpus, build_dev_corpus
 from rtmoe.offline.corpus.cli import command
 from rtmoe.offline.corpus.devdata import DEV_CH_NAMES, dev_data_dir, dev_ts_path, load_dev_split
@@ -21,14 +24,9 @@ from rtmoe.offline.corpus.preprocess import (
     segment,
     select_channels,
 )
-from rtmoe.recording import find_recordings, read_recording
 from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter, partition_recordings
 from rtmoe.offline.corpus.ts import read_ts
-from scipy import signal
-
-from rtmoe.cli import UserError
-from rtmoe.config import TEN_TWENTY_19, Config, CorpusConfig, SignalConfig, to_dict
-from rtmoe.recording import Recording
+from rtmoe.recording import InputError, Recording, find_recordings, read_recording
 from rtmoe.signal import canonical_name, preprocess_trials
 
 SFREQ = 256.0

@@ -22,9 +22,9 @@ zmq = pytest.importorskip("zmq")
 
 from test_runtime import MODEL_CHANS, Pusher, _cfg, _drain, _save_model, _subscriber  # noqa: E402
 
+from rtmoe.cli import main  # noqa: E402
 from rtmoe.plugins.lsl_out import LslOut  # noqa: E402
 from rtmoe.plugins.stages import Accumulate, Smooth  # noqa: E402
-from rtmoe.cli import main  # noqa: E402
 from rtmoe.runtime.loop import Runtime  # noqa: E402
 from rtmoe.runtime.plugins import (  # noqa: E402
     PluginContext,

@@ -11,19 +11,19 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+
 import rtmoe.offline.pretrain as pt
 import rtmoe.offline.pretrain.loop as pt_loop
-import torch
-from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
-from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter
-from rtmoe.offline.pretrain.data import TRAIN_STREAM, seeded_generator
-
 from rtmoe.checkpoint import LATEST_FILE, load_checkpoint
 from rtmoe.cli import main
 from rtmoe.config import Config, PretrainConfig, save_config, to_dict
 from rtmoe.dsp.masking import spectral_mask
 from rtmoe.models.registry import load_expert, model_config
 from rtmoe.models.spechinet import SpecHiNetOutput
+from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
+from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter
+from rtmoe.offline.pretrain.data import TRAIN_STREAM, seeded_generator
 from rtmoe.signal import preprocess_trials
 
 N_TRIALS = 8  # per development data set: 16 recordings, two shapes

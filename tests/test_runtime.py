@@ -191,9 +191,7 @@ def _offline_check(runtime, pusher, decodes, index, atol=1e-5):
     """Each decode equals the model on the same window of the whole-stream preprocessing."""
     loaded = runtime.loaded
     n = pusher.n_pushed
-    y, newest = SignalChain(index, pusher.sfreq, loaded.config.signal).process(
-        pusher.data[:, :n]
-    )
+    y, newest = SignalChain(index, pusher.sfreq, loaded.config.signal).process(pusher.data[:, :n])
     out_stamps = pusher.stamps[newest]
     model = load_specmoe(loaded.checkpoint.path).model
     for msg in decodes:

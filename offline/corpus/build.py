@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rtmoe.recording import InputError
+from tqdm import tqdm
+
+from rtmoe.config import Config, to_dict
 from rtmoe.offline.corpus.devdata import DEV_DATASETS, load_dev_split
 from rtmoe.offline.corpus.preprocess import (
     check_sfreq,
@@ -14,11 +16,8 @@ from rtmoe.offline.corpus.preprocess import (
     preprocess,
     segment,
 )
-from rtmoe.recording import find_recordings, read_recording
 from rtmoe.offline.corpus.shards import ShardCorpus, ShardWriter
-from tqdm import tqdm
-
-from rtmoe.config import Config, to_dict
+from rtmoe.recording import InputError, find_recordings, read_recording
 from rtmoe.signal import preprocess_trials
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rtmoe.recording import InputError
 from rtmoe.offline.corpus.ts import read_ts
+from rtmoe.recording import InputError
 
 DEV_DATASETS: tuple[str, ...] = ("SelfRegulationSCP1", "FingerMovements")
 #: MEG development recordings (values in the file's own units, not µV). Kept apart from

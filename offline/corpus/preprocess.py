@@ -8,10 +8,9 @@ from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
-from rtmoe.recording import FILE_FIX, InputError
 
 from rtmoe.config import CorpusConfig, SignalConfig
-from rtmoe.recording import Recording
+from rtmoe.recording import FILE_FIX, InputError, Recording
 from rtmoe.signal import ChannelError, map_channels, preprocess_recording
 
 

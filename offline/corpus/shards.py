@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from rtmoe.recording import InputError
 from rtmoe import __version__
 from rtmoe.config import config_hash
+from rtmoe.recording import InputError
 
 INDEX_NAME = "index.json"
 FORMAT = "rtmoe-shards"

@@ -26,14 +26,14 @@ from typing import Any
 
 import torch
 
+from rtmoe.checkpoint import LATEST_FILE
+from rtmoe.config import Config, load_config
+from rtmoe.models.shipped import shipped_path
 from rtmoe.offline.corpus.build import build_dev_corpus
 from rtmoe.offline.corpus.devdata import load_dev_split
 from rtmoe.offline.evaluate import evaluate
 from rtmoe.offline.finetune import TASK_SIGNALS, finetune
 from rtmoe.offline.pretrain import pretrain_expert
-from rtmoe.checkpoint import LATEST_FILE
-from rtmoe.config import Config, load_config
-from rtmoe.models.shipped import shipped_path
 
 RECIPE_CONFIG = Path(__file__).with_name("default_model.toml")
 TASK = "SelfRegulationSCP1"

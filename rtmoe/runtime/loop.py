@@ -74,8 +74,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from rtmoe.console import StatusLine
 from rtmoe.config import RuntimeConfig
+from rtmoe.console import StatusLine
 from rtmoe.dsp.spectral import welch_nperseg, welch_psd
 from rtmoe.engine import build_engine
 from rtmoe.models.shipped import load_model
