@@ -206,7 +206,7 @@ def test_ctrl_c_then_resume_over_lsl_keeps_every_trial(tmp_path, capsys):
     assert f"resuming session {session}" in capsys.readouterr().out
     rec = read_session(session)
     assert rec.n_samples == 24 * TRIAL_SAMPLES and rec.marker_labels == tuple(y)
-    np.testing.assert_array_equal(rec.data, whole.data)
+    np.testing.assert_array_equal(rec.data, whole.data.astype(np.float32))  # as LSL sent it
     assert [r["n_markers"] for r in rec.meta["runs"]] == [12, 12]
     assert rec.meta["runs"][0]["stopped_by"] == "Ctrl-C"
     # The same trials as an uninterrupted session: every marker, its own window.
