@@ -236,7 +236,10 @@ def test_runtime_decodes_a_stream_stamped_at_push_time_with_jitter(model_dir):
     assert continuity_breaks(raw, MAX_GAP_S).size > 0  # raw stamps would restart windows
     due = int((duration_s - N_TIMES / SFREQ) / (HOP_MS * 1e-3))  # 25
     assert summary.resets == 0
-    assert len(decodes) >= 0.7 * due and summary.decodes == len(decodes)
+    # Every due window was decoded or, on a starved machine, skipped to the newest (a load
+    # effect the clock cannot cause): none was lost to a continuity break.
+    assert summary.decodes == len(decodes) and len(decodes) > 0
+    assert summary.decodes + summary.skipped_windows + summary.stale_windows >= 0.7 * due
     ends = np.array([m.window_last_lsl_s for m in decodes])
     assert np.all(np.diff(ends) > 0)
     assert all(math.isfinite(p) for m in decodes for p in m.probabilities)
