@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_finetune import CH_NAMES, SFREQ_IN, SIGNAL, _trials  # the same synthetic task
 
 from rtmoe.checkpoint import EXPERT_KIND, META_FILE, CheckpointError, save_checkpoint
-from rtmoe.config import Config, FinetuneConfig, MoEConfig, SignalConfig
+from rtmoe.config import Config, FinetuneConfig, MoEConfig
 from rtmoe.dsp.spectral import welch_psd
 from rtmoe.engine import build_engine
 from rtmoe.engine.base import DecodeModule
@@ -27,9 +28,6 @@ from rtmoe.offline.finetune import (
 )
 from rtmoe.signal import preprocess_trials
 
-SFREQ_IN = 100.0
-CH_NAMES = ("C3", "Cz", "C4")
-SIGNAL = SignalConfig(l_freq=None, h_freq=None, notch_freq=None)
 MOE = MoEConfig(n_experts=2)
 QUICK = dict(epochs=2, freeze_epochs=0, batch_size=8)
 
@@ -40,19 +38,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-def _trials(n_per_class: int, seed: int, n_times: int = 100):
-    """Class "alpha" carries 10 Hz, class "beta" 22 Hz, on 3 channels in µV."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(n_times) / SFREQ_IN
-    X, y = [], []
-    for label, f in (("alpha", 10.0), ("beta", 22.0)):
-        for _ in range(n_per_class):
-            phase = rng.uniform(0, 2 * np.pi, size=(3, 1))
-            X.append(20 * np.sin(2 * np.pi * f * t + phase) + 5 * rng.normal(size=(3, n_times)))
-            y.append(label)
-    return np.stack(X).astype(np.float32), np.array(y)
 
 
 @pytest.fixture(scope="module")

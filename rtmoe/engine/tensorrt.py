@@ -136,7 +136,6 @@ class TensorRTEngine(TorchEngine):
                 self._modules[b] = load_cached(torch_tensorrt, path)
             else:
                 self._modules[b] = _compile(torch_tensorrt, module, self._examples[b], path, fp16)
-        self._module = self._modules[1]
 
     def _run(self, x: torch.Tensor, psd: torch.Tensor) -> None:
         b = x.shape[0]
