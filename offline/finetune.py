@@ -432,7 +432,6 @@ def finetune(
     from rtmoe.metrics import classification_metrics, regression_metrics
 
     cfg = cfg or FinetuneConfig()
-    cfg.validate()
     moe = moe or MoEConfig()
     if experts:
         moe = dataclasses.replace(moe, n_experts=len(experts))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -32,8 +33,27 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the field, the value and the fix."""
 
 
+class Section:
+    """A section of the tree, checked when it is made: no invalid section ever exists.
+
+    Each field's value is converted to its declared type (ints to floats, lists to
+    tuples) or is a :class:`ConfigError` naming ``section.field``, the value and the type;
+    then ``validate`` checks the ranges. Subclasses are frozen dataclasses.
+    """
+
+    def __post_init__(self) -> None:
+        section = type(self).__name__.removesuffix("Config").lower()
+        for name, hint in _field_hints(type(self)).items():
+            value = _coerce(hint, getattr(self, name), f"{section}.{name}")
+            object.__setattr__(self, name, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Range checks of the converted values; a ConfigError names the fix."""
+
+
 @dataclass(frozen=True)
-class SignalConfig:
+class SignalConfig(Section):
     """Preprocessing shared by pretraining, fine-tuning, calibration and the live path.
 
     ``l_freq``/``h_freq``/``notch_freq`` set to ``None`` disable that filter: slow-potential
@@ -63,7 +83,7 @@ class SignalConfig:
 
 
 @dataclass(frozen=True)
-class CorpusConfig:
+class CorpusConfig(Section):
     """How recordings become pretraining segments (SPEC §1)."""
 
     channels: tuple[str, ...] = TEN_TWENTY_19
@@ -83,7 +103,7 @@ class CorpusConfig:
 
 
 @dataclass(frozen=True)
-class SpectralConfig:
+class SpectralConfig(Section):
     """STFT of the masking pipeline and Welch PSD of the gate, in seconds (SPEC §2, §5)."""
 
     stft_window_s: float = 2.0  # n_fft = 2·fs = 400 at 200 Hz
@@ -100,7 +120,7 @@ class SpectralConfig:
 
 
 @dataclass(frozen=True)
-class MaskConfig:
+class MaskConfig(Section):
     """Gaussian-smoothed spectral masking (SPEC §2)."""
 
     mask_ratio: float = 0.5
@@ -127,7 +147,7 @@ class MaskConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """SpecHi-Net hyper-parameters (SPEC §3); named sizes live in rtmoe.models.registry.
 
     The defaults are the ``small`` size (the CPU default). All widths derive from
@@ -170,7 +190,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(Section):
     """Optimisation of one expert (SPEC §3)."""
 
     lr: float = 1e-3
@@ -205,7 +225,7 @@ CHANNEL_POOLS: tuple[str, ...] = ("mean", "max")
 
 
 @dataclass(frozen=True)
-class MoEConfig:
+class MoEConfig(Section):
     """SpecMoE architecture around the experts (SPEC §5); the experts use ModelConfig."""
 
     n_experts: int = 3
@@ -225,7 +245,7 @@ class MoEConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(Section):
     """Optimisation of SpecMoE on a labelled task (SPEC §5).
 
     ``freeze_epochs``: experts are frozen (weights, BatchNorm statistics and dropout)
@@ -274,7 +294,7 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
-class RuntimeConfig:
+class RuntimeConfig(Section):
     """The live loop (``rtmoe stream``): hop, watchdog, continuity, publisher, engine.
 
     ``max_gap_ms``: a timestamp gap (or a stall) longer than this restarts the signal's
@@ -374,10 +394,12 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
-    def validate(self) -> Config:
-        for section in dataclasses.fields(self):
-            getattr(self, section.name).validate()
-        return self
+    def __post_init__(self) -> None:
+        for name, cls in _field_hints(Config).items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(
+                    f"Config.{name} must be a {cls.__name__}, not {getattr(self, name)!r}"
+                )
 
     def replace(self, **sections: Any) -> Config:
         """Copy with whole sections or ``section={field: value}`` overrides replaced."""
@@ -387,7 +409,7 @@ class Config:
             updates[name] = (
                 dataclasses.replace(current, **value) if isinstance(value, dict) else value
             )
-        return dataclasses.replace(self, **updates).validate()
+        return dataclasses.replace(self, **updates)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -398,8 +420,8 @@ def to_dict(obj: Any) -> dict[str, Any]:
 def from_dict(cls: type, data: dict[str, Any], _where: str = "") -> Any:
     """Build ``cls`` from a nested dict; unknown keys and values of the wrong type are a
     :class:`ConfigError` naming the key, the value and the valid keys (or the type)."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    hints = _field_hints(cls)
+    names = set(hints)
     if not isinstance(data, dict):
         raise ConfigError(
             f"{_where or cls.__name__} must be a table of {sorted(names)}, not {data!r}"
@@ -413,12 +435,18 @@ def from_dict(cls: type, data: dict[str, Any], _where: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
-        name = f"{_where}.{key}" if _where else key
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value, name)
+            kwargs[key] = from_dict(hint, value, f"{_where}.{key}" if _where else key)
         else:
-            kwargs[key] = _coerce(hint, value, name)
+            kwargs[key] = value  # converted and checked by Section.__post_init__
     return cls(**kwargs)
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    """A dataclass's fields and their types, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def config_hash(obj: Any) -> str:
@@ -438,7 +466,7 @@ def load_config(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
     try:
-        return from_dict(Config, _none_from_toml(data)).validate()
+        return from_dict(Config, _none_from_toml(data))
     except ConfigError as err:
         raise ConfigError(f"config file {path}: {err}") from None
 
@@ -595,42 +623,41 @@ def _section_class(section: str, source: str) -> type:
         raise ConfigError(
             f"{source}: unknown section {section!r}; the sections are {', '.join(sections)}"
         )
-    return typing.get_type_hints(Config)[section]
+    return _field_hints(Config)[section]
 
 
 def _field_hint(section: str, name: str, source: str) -> Any:
-    cls = _section_class(section, source)
-    names = [f.name for f in dataclasses.fields(cls)]
-    if name not in names:
+    hints = _field_hints(_section_class(section, source))
+    if name not in hints:
         raise ConfigError(
-            f"{source}: [{section}] has no field {name!r}; its fields are {', '.join(names)}"
+            f"{source}: [{section}] has no field {name!r}; its fields are {', '.join(hints)}"
         )
-    return typing.get_type_hints(cls)[name]
+    return hints[name]
 
 
 def apply_overrides(
-    config: Config,
-    overrides: Mapping[str, Any] | Sequence[str],
-    *,
-    source: str = "--set",
-    validate: bool = True,
+    config: Config, overrides: Mapping[str, Any] | Sequence[str], *, source: str = "--set"
 ) -> Config:
     """``config`` with fields replaced, by ``"section.field=value"`` strings (``--set``) or
     a ``{"section.field": value}`` mapping; later entries win.
 
     An unknown section or field, or a value of the wrong type, is a :class:`ConfigError`
-    naming the key, the value and the valid fields (or the type); with ``validate`` the
-    result is validated too (:meth:`Config.validate`).
+    naming the key, the value and the valid fields (or the type); so is a result out of
+    range (each changed section is checked once, with all its new values).
     """
-    items: list[tuple[str, str, Any, str]] = []
+    return _replace_fields(config, _override_items(overrides, source))
+
+
+def _override_items(
+    overrides: Mapping[str, Any] | Sequence[str], source: str
+) -> list[tuple[str, str, Any, str]]:
+    """``(section, field, value, where)`` of each override, ``where`` naming its source."""
     if isinstance(overrides, Mapping):
-        for key, value in overrides.items():
-            section, _, name = key.partition(".")
-            items.append((section, name, value, source))
-    else:
-        for text in overrides:
-            section, name, value = parse_override(text)
-            items.append((section, name, value, f"{source} {text}"))
+        return [(*key.partition(".")[::2], value, source) for key, value in overrides.items()]
+    return [(*parse_override(text), f"{source} {text}") for text in overrides]
+
+
+def _replace_fields(config: Config, items: Sequence[tuple[str, str, Any, str]]) -> Config:
     updates: dict[str, dict[str, Any]] = {}
     for section, name, value, where in items:
         hint = _field_hint(section, name, where)
@@ -638,11 +665,10 @@ def apply_overrides(
             updates.setdefault(section, {})[name] = _coerce(hint, value, f"{section}.{name}")
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
-    new = dataclasses.replace(
+    return dataclasses.replace(
         config,
         **{s: dataclasses.replace(getattr(config, s), **f) for s, f in updates.items()},
     )
-    return new.validate() if validate else new
 
 
 def resolve_config(
@@ -683,42 +709,35 @@ def resolve_config(
         Naming the key, the bad value, where it came from and the valid fields or range.
     """
     cfg = base if base is not None else Config()
-    origin: dict[str, str] = {}
+    items: list[tuple[str, str, Any, str]] = []
     if config_file is not None:
-        data = _read_toml(config_file)
-        updates = {}
-        for section, table in data.items():
-            _section_class(section, f"--config {config_file}")
+        where = f"--config {config_file}"
+        for section, table in _read_toml(config_file).items():
+            _section_class(section, where)
             if not isinstance(table, dict):
                 raise ConfigError(
-                    f"--config {config_file}: {section} must be a table ([{section}]), "
-                    f"not {table!r}"
+                    f"{where}: {section} must be a table ([{section}]), not {table!r}"
                 )
-            for name, value in table.items():
-                updates[f"{section}.{name}"] = value
-                origin[f"{section}.{name}"] = f"--config {config_file}"
-        cfg = apply_overrides(cfg, updates, source=f"--config {config_file}", validate=False)
-    given = dict(flags or {})
-    for key, value in given.items():
+            items += [(section, name, value, where) for name, value in table.items()]
+    for key, value in (flags or {}).items():
         flag = (flag_names or {}).get(key, "a command-line flag")
         named = isinstance(value, bool) or " " in flag  # "--size paper" names its value
-        origin[key] = flag if named else f"{flag} {value!r}"
-    cfg = apply_overrides(cfg, given, source="flag", validate=False)
+        items.append((*key.partition(".")[::2], value, flag if named else f"{flag} {value!r}"))
     for text in overrides:
-        section, name, _ = parse_override(text)
+        section, name, value = parse_override(text)
         if sections is not None and section not in sections:
             raise ConfigError(
                 f"--set {text}: {command} does not read [{section}] (it reads "
                 f"{', '.join(f'[{s}]' for s in sections)}); the setting would have no effect"
             )
-        origin[f"{section}.{name}"] = f"--set {text}"
-    cfg = apply_overrides(cfg, overrides, validate=False)
+        items.append((section, name, value, f"--set {text}"))
     try:
-        return cfg.validate()
-    except ConfigError as err:  # named by where the culprit came from
+        return _replace_fields(cfg, items)
+    except ConfigError as err:  # a range error, named by where the culprit came from
+        origin = {f"{section}.{name}": where for section, name, _, where in items}
         keys = re.findall(r"\b([a-z]+\.[a-z_0-9]+)=", str(err))
         sources = list(dict.fromkeys(origin[k] for k in keys if k in origin))
-        if not sources:
+        if not sources or str(err).startswith(tuple(sources)):
             raise
         raise ConfigError(f"{', '.join(sources)}: {err}") from None
 
@@ -855,7 +874,7 @@ def config_from_args(
         command=command,
     )
     if finish is not None:
-        cfg = finish(cfg).validate()
+        cfg = finish(cfg)
     for dest, key in flag_map.items():
         section, _, name = key.partition(".")
         setattr(args, dest, getattr(getattr(cfg, section), name))

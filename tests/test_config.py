@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tomllib
 
 import pytest
@@ -12,6 +13,9 @@ from rtmoe.config import (
     PRECEDENCE,
     Config,
     ConfigError,
+    CorpusConfig,
+    PretrainConfig,
+    RuntimeConfig,
     add_config_arguments,
     apply_overrides,
     config_from_args,
@@ -124,6 +128,36 @@ def test_config_file_errors_name_the_file_and_key(tmp_path):
         resolve_config(config_file=path)
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_config(config_file=tmp_path / "missing.toml")
+
+
+def test_a_section_is_checked_when_it_is_made():
+    with pytest.raises(ConfigError, match=r"^runtime.hop_ms=-5.0 must be > 0"):
+        RuntimeConfig(hop_ms=-5)
+    with pytest.raises(ConfigError, match=r'^runtime.hop_ms takes a number, not "fast"'):
+        RuntimeConfig(hop_ms="fast")
+    with pytest.raises(ConfigError, match=r"^runtime.max_buflen_s takes an integer, not 1.5"):
+        RuntimeConfig(max_buflen_s=1.5)
+    with pytest.raises(ConfigError, match=r"^pretrain.min_lr=.* exceeds pretrain.lr"):
+        dataclasses.replace(PretrainConfig(), min_lr=1.0)
+    with pytest.raises(ConfigError, match=r"^Config.runtime must be a RuntimeConfig"):
+        Config(runtime={"hop_ms": 50})
+    cfg = RuntimeConfig(hop_ms=50, wait_s=None)  # ints become floats, as from TOML
+    assert type(cfg.hop_ms) is float and cfg.wait_s is None
+    assert CorpusConfig(channels=["C3", "C4"]).channels == ("C3", "C4")  # lists become tuples
+
+
+def test_sources_are_checked_together_not_one_by_one(tmp_path):
+    """A file raising pretrain.lr and a flag raising min_lr above the old lr: valid once
+    both apply, so no source is refused for the state between them."""
+    lr = PretrainConfig().lr
+    path = tmp_path / "c.toml"
+    path.write_text(f"[pretrain]\nlr = {lr * 10}\n")
+    cfg = resolve_config(config_file=path, flags={"pretrain.min_lr": lr * 2})
+    assert cfg.pretrain.lr == lr * 10 and cfg.pretrain.min_lr == lr * 2
+    with pytest.raises(
+        ConfigError, match=r"^--set pretrain.min_lr=1.0, --config .*c.toml: pretrain.min_lr=1.0 exc"
+    ):
+        resolve_config(config_file=path, overrides=["pretrain.min_lr=1.0"])
 
 
 def test_a_flag_error_names_the_flag():

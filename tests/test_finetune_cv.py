@@ -268,7 +268,7 @@ def test_folds_must_be_positive():
     from rtmoe.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"finetune\.folds=0"):
-        FinetuneConfig(folds=0).validate()
+        FinetuneConfig(folds=0)
 
 
 def test_cli_folds_prints_the_cv_estimate_and_saves_the_ensemble(data, tmp_path, capsys):

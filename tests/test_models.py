@@ -84,11 +84,11 @@ def test_registry_names_and_errors():
 
 def test_config_validation_names_the_field():
     with pytest.raises(ConfigError, match="n_heads=3"):
-        ModelConfig(base_width=16, n_heads=3).validate()
+        ModelConfig(base_width=16, n_heads=3)
     with pytest.raises(ConfigError, match="n_heads=16"):  # head width 16/16 = 1 is odd
-        ModelConfig(base_width=8, n_heads=16).validate()
+        ModelConfig(base_width=8, n_heads=16)
     with pytest.raises(ConfigError, match="rotary_max_period_s"):
-        ModelConfig(rotary_min_period_s=5.0, rotary_max_period_s=1.0).validate()
+        ModelConfig(rotary_min_period_s=5.0, rotary_max_period_s=1.0)
 
 
 def test_bad_input_shape_is_explained():

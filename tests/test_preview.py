@@ -76,7 +76,7 @@ def test_preview_message_round_trips_and_checks_its_shape():
     with pytest.raises(ProtocolError, match="finite"):
         _preview(data_uv=[[1.0, float("nan")], [3.0, 4.0]])
     with pytest.raises(ConfigError, match="preview_hz"):
-        RuntimeConfig(preview_hz=-1.0).validate()
+        RuntimeConfig(preview_hz=-1.0)
 
 
 @pytest.fixture(scope="module")

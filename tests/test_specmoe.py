@@ -195,16 +195,23 @@ def test_gate_input_is_finite_for_flat_channels():
 
 
 def test_config_validation():
-    TaskConfig(ch_names=("C3", "C4"), n_times=100, labels=("a", "b")).validate()
-    TaskConfig(ch_names=("C3",), n_times=100, regression=True).validate()
-    MoEConfig().validate()
+    TaskConfig(ch_names=("C3", "C4"), n_times=100, labels=("a", "b"))
+    TaskConfig(ch_names=("C3",), n_times=100, regression=True)
+    MoEConfig()
     for bad, match in [
-        (TaskConfig(ch_names=("C3", "C3"), n_times=100, labels=("a", "b")), "ch_names"),
-        (TaskConfig(ch_names=("C3",), n_times=100, labels=("a",)), "labels"),
-        (TaskConfig(ch_names=("C3",), n_times=1, labels=("a", "b")), "n_times"),
-        (TaskConfig(ch_names=("C3",), n_times=100, labels=("a",), regression=True), "labels"),
-        (MoEConfig(n_experts=0), "n_experts"),
-        (MoEConfig(dropout=1.0), "dropout"),
+        (lambda: TaskConfig(ch_names=("C3", "C3"), n_times=100, labels=("a", "b")), "ch_names"),
+        (lambda: TaskConfig(ch_names=("C3",), n_times=100, labels=("a",)), "labels"),
+        (lambda: TaskConfig(ch_names=("C3",), n_times=1, labels=("a", "b")), "n_times"),
+        (
+            lambda: TaskConfig(ch_names=("C3",), n_times=100, labels=("a",), regression=True),
+            "labels",
+        ),
+        (
+            lambda: TaskConfig(ch_names=("C3", "C4"), n_times=1.5, labels=("a", "b")),
+            "task.n_times takes an integer",
+        ),
+        (lambda: MoEConfig(n_experts=0), "n_experts"),
+        (lambda: MoEConfig(dropout=1.0), "dropout"),
     ]:
         with pytest.raises(ConfigError, match=match):
-            bad.validate()
+            bad()

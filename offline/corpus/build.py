@@ -87,7 +87,6 @@ def build_corpus(
     ShardCorpus
         The finished corpus (``summary()`` gives the one-line report).
     """
-    cfg.validate()
     files = recording_files(inputs)
     n_segments = n_rejected = n_skipped = 0
     with (
@@ -151,7 +150,6 @@ def build_dev_corpus(
     -------
     ShardCorpus
     """
-    cfg.validate()
     # Load every split first so a missing install fails before the output folder exists.
     all_trials = [load_dev_split(name, split) for name in datasets]
     total = sum(len(t.X) for t in all_trials)

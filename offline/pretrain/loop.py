@@ -137,7 +137,6 @@ def pretrain_expert(
     -------
     PretrainResult
     """
-    cfg = cfg.validate()
     pc = cfg.pretrain
     out_dir = Path(out_dir)
     info, dev = setup_distributed(device)

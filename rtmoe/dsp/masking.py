@@ -102,7 +102,6 @@ def draw_masks(
     MaskDraw
         Masks on ``device``; component records on the CPU.
     """
-    cfg.validate()
     for name, value in (("n_samples", n_samples), ("n_bins", n_bins), ("n_frames", n_frames)):
         if value < 1:
             raise ValueError(f"{name}={value} must be >= 1")

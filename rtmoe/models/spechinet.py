@@ -264,7 +264,6 @@ class SpecHiNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig, sfreq: float = 200.0) -> None:
         super().__init__()
-        cfg.validate()
         if not sfreq > 0:
             raise ValueError(f"sfreq={sfreq} must be > 0 Hz (the input's sampling rate)")
         self.cfg = cfg

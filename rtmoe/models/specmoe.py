@@ -69,6 +69,7 @@ from rtmoe.config import (
     Config,
     ConfigError,
     MoEConfig,
+    Section,
     SpectralConfig,
     from_dict,
     to_dict,
@@ -87,7 +88,7 @@ ENSEMBLE_FORMAT = 1
 
 
 @dataclass(frozen=True)
-class TaskConfig:
+class TaskConfig(Section):
     """What a fine-tuned SpecMoE decodes: its input window and its outputs.
 
     Attributes
@@ -239,7 +240,7 @@ class SpecMoE(nn.Module):
                 f"experts have feature_dim {dims}; every expert must have the same size "
                 "(build them from one ModelConfig)"
             )
-        MoEConfig(len(encoders), use_psd_gate, channel_pool, dropout).validate()
+        MoEConfig(len(encoders), use_psd_gate, channel_pool, dropout)  # checks the values
         for name, value in (("n_chans", n_chans), ("n_times", n_times), ("n_outputs", n_outputs)):
             if value < 1:
                 raise ValueError(f"{name}={value} must be >= 1")
@@ -494,8 +495,6 @@ def build_specmoe(
     """
     from rtmoe.models.registry import init_weights
 
-    task.validate()
-    moe.validate()
     if experts is None:
         experts = [
             init_weights(SpecHiNetEncoder(config.model, config.signal.sfreq))

@@ -258,7 +258,6 @@ class Runtime:
         profile: Profile | None = None,
     ) -> None:
         cfg = cfg or RuntimeConfig()
-        cfg.validate()
         self.cfg = cfg
         self.plugins = PluginRunner(plugins)  # first: a bad spec fails before any loading
         for name, what in self.plugins.network_visible:
