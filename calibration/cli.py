@@ -91,14 +91,11 @@ def _add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_base(ref: str) -> tuple[LoadedSpecMoE, str]:
-    from rtmoe.models.shipped import UnknownModelError, load_model
+    from rtmoe.models.shipped import load_model
 
     path = Path(ref)
     ref = str(path.resolve()) if path.exists() else ref
-    try:
-        return load_model(ref), ref
-    except UnknownModelError as err:
-        raise UserError(str(err)) from None
+    return load_model(ref), ref
 
 
 def _classes(
@@ -317,6 +314,12 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     check_subject(args.subject)
     if args.from_file is not None and args.lsl is not None:
         raise UserError("give one source: --lsl NAME or --from FILE, not both")
+    if args.folds < 2:
+        raise UserError(f"--folds {args.folds}: cross-validation needs at least 2 folds (e.g. 5)")
+    if args.min_trials_per_class < 1:
+        raise UserError(f"--min-trials-per-class {args.min_trials_per_class} must be >= 1")
+    if args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs} must be >= 1")
     saved = _session_source(args.from_file)  # --from SESSION: refit what is on disk
     if saved is not None and saved.get("subject") != args.subject:
         raise UserError(

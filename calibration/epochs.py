@@ -24,6 +24,7 @@ import numpy as np
 
 from rtmoe.calibration.session import RecordedSession
 from rtmoe.config import SignalConfig
+from rtmoe.errors import BadValueError
 from rtmoe.signal.chain import continuity_breaks, preprocess_recording
 
 
@@ -215,7 +216,7 @@ def parse_classes(text: str) -> tuple[dict[str, str], tuple[str, ...]]:
         name, _, marker = item.partition("=")
         name, marker = name.strip(), (marker.strip() or name.strip())
         if not name or marker in class_map:
-            raise ValueError(
+            raise BadValueError(
                 f"classes={text!r}: item {item!r} is empty or maps marker {marker!r} twice; "
                 "write NAME=MARKER pairs separated by commas, e.g. left=1,right=2"
             )
@@ -223,7 +224,7 @@ def parse_classes(text: str) -> tuple[dict[str, str], tuple[str, ...]]:
         if name not in labels:
             labels.append(name)
     if len(labels) < 2:
-        raise ValueError(
+        raise BadValueError(
             f"classes={text!r} names {len(labels)} class(es); give at least two, e.g. "
             "left=1,right=2"
         )

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rtmoe.errors import UserError
 from rtmoe.metrics import classification_metrics, confusion_matrix
 from rtmoe.models.specmoe import LoadedSpecMoE, MoEFeatures, SpecMoE, SpecMoEEnsemble
 from rtmoe.profiles import resize_head
@@ -52,7 +53,7 @@ EA_SHRINKAGE = 1e-3
 CV_SHARE = 0.8
 
 
-class FitError(ValueError):
+class FitError(UserError, ValueError):
     """The trials cannot support a fit (too few per class); the message says what to add."""
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 # The live monitor flags channels by the same thresholds as the session's quality report.
 from rtmoe.calibration.quality import FLAT_UV, NOISY_UV
-from rtmoe.calibration.session import Session, read_session
+from rtmoe.calibration.session import Session, SessionError, read_session
 from rtmoe.recording import Recording, marker_sample
 from rtmoe.stream.markers import marker_label
 
@@ -230,7 +230,7 @@ def record_replay(
     step = max(1, round(chunk_s * sfreq))
     start = session.n_samples
     if start > replay.n_times:
-        raise ValueError(
+        raise SessionError(
             f"session {session.path} holds {start} samples but {replay.source} has only "
             f"{replay.n_times}; it was recorded from another file: start a new session"
         )

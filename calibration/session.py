@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from rtmoe.errors import UserError
+
 SESSION_FILE = "session.json"
 EEG_FILE = "eeg.f32"
 TIMES_FILE = "times.f64"
@@ -43,7 +45,7 @@ MARKERS_FILE = "markers.jsonl"
 FSYNC_PERIOD_S = 1.0
 
 
-class SessionError(ValueError):
+class SessionError(UserError, ValueError):
     """A session folder is missing, corrupt or does not fit the stream it is resumed with."""
 
 

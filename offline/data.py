@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rtmoe.command import UserError
+from rtmoe.errors import MissingFileError, UserError
+
+#: What ``--data FILE.npz`` must hold (the fix of every message about it).
+_NPZ_CONTENT = "an .npz needs X (n_trials, n_chans, n_times) in µV, y, sfreq and ch_names"
 
 
 @dataclass(frozen=True)
@@ -46,18 +49,20 @@ def load_trials(
         t = load_dev_split(dataset, split)
         trials = TrialData(t.X, t.y, t.sfreq, t.ch_names, t.name)
     else:
-        with np.load(data, allow_pickle=False) as f:
+        with _open_npz(data) as f:
             missing = sorted({"X", "y", "sfreq", "ch_names"} - set(f.files))
             if missing:
-                raise UserError(
-                    f"{data} lacks arrays {missing}; an .npz needs X (n_trials, n_chans, "
-                    "n_times) in µV, y, sfreq and ch_names"
-                )
+                raise UserError(f"{data} lacks arrays {missing}; {_NPZ_CONTENT}")
             trials = TrialData(
                 f["X"], f["y"], float(f["sfreq"]), tuple(f["ch_names"].astype(str)), data.stem
             )
     labels = None
     if labels_file is not None:
+        if not Path(labels_file).is_file():
+            raise MissingFileError(
+                f"label file {labels_file} is not a file; give a text file naming one class "
+                "per line, in output order (or omit it)"
+            )
         labels = tuple(
             line.strip() for line in Path(labels_file).read_text().splitlines() if line.strip()
         )
@@ -67,6 +72,19 @@ def load_trials(
                 "distinct class names, one per line, in output order"
             )
     return trials, labels
+
+
+def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """``np.load`` of ``--data``, whose failures name the file and what it must hold."""
+    if not path.is_file():
+        raise MissingFileError(f"--data {path} is not a file; give the path of the .npz")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:  # a truncated zip or a file of another format
+        raise UserError(f"--data {path} cannot be read as .npz ({err}); {_NPZ_CONTENT}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):  # a single-array .npy
+        raise UserError(f"--data {path} holds one array, not an .npz archive; {_NPZ_CONTENT}")
+    return npz
 
 
 class _DataOption(argparse.Action):

@@ -21,6 +21,7 @@ import torch
 
 from rtmoe.cli import Command
 from rtmoe.config import Config, ConfigError, add_config_arguments, config_from_args
+from rtmoe.errors import BadValueError
 from rtmoe.metrics import classification_metrics, confusion_matrix, regression_metrics
 from rtmoe.models.shipped import load_model
 from rtmoe.models.specmoe import LoadedSpecMoE, TaskConfig
@@ -67,7 +68,7 @@ def _targets(y: np.ndarray, task: TaskConfig) -> np.ndarray:
     y = np.asarray(y).astype(str)
     unknown = sorted(set(y.tolist()) - set(task.labels))
     if unknown:
-        raise ValueError(
+        raise BadValueError(
             f"the data hold labels {unknown} that the checkpoint does not know (its labels: "
             f"{list(task.labels)}); evaluate on data of the task it was fine-tuned for"
         )
@@ -103,7 +104,7 @@ def evaluate(
     loaded = load_model(model, device)
     task = loaded.task
     if len(y) != len(X):
-        raise ValueError(f"{len(y)} labels for {len(X)} trials; give one label per trial")
+        raise BadValueError(f"{len(y)} labels for {len(X)} trials; give one label per trial")
     targets = _targets(y, task)
     # The live rule (T7 feeds T3): what decodes live is what evaluates.
     fix = "record these electrodes or fine-tune a model for this montage"
@@ -111,7 +112,7 @@ def evaluate(
     Xp = preprocess_trials(np.asarray(X)[:, rows], sfreq, loaded.config.signal)
     if Xp.shape[-1] != task.n_times:
         sfreq_model = loaded.config.signal.sfreq
-        raise ValueError(
+        raise BadValueError(
             f"trials of {np.asarray(X).shape[-1]} samples at {sfreq:g} Hz give "
             f"{Xp.shape[-1]} samples at {sfreq_model:g} Hz, but the checkpoint takes windows "
             f"of n_times={task.n_times} ({task.n_times / sfreq_model:g} s); cut the trials "

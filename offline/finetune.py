@@ -51,6 +51,7 @@ from rtmoe.config import (
     config_from_args,
     load_config,
 )
+from rtmoe.errors import BadValueError
 from rtmoe.models.registry import MODEL_SIZES, load_expert, model_config
 from rtmoe.models.spechinet import SpecHiNet
 from rtmoe.models.specmoe import (
@@ -171,7 +172,7 @@ def encode_labels(
 
     Raises
     ------
-    ValueError
+    BadValueError
         ``y`` holds a label not in ``labels``, a listed label never occurs, or there
         are fewer than two classes.
     """
@@ -181,13 +182,13 @@ def encode_labels(
     unknown = sorted(set(present) - set(labels))
     unused = [v for v in labels if v not in set(present)]
     if unknown or unused:
-        raise ValueError(
+        raise BadValueError(
             f"labels {list(labels)} do not match the data's labels {present} (unknown: "
             f"{unknown}, never occurring: {unused}); give the label file of this data set "
             "or omit it"
         )
     if len(labels) < 2:
-        raise ValueError(f"the data hold one class {labels}; classification needs two")
+        raise BadValueError(f"the data hold one class {labels}; classification needs two")
     index = {v: i for i, v in enumerate(labels)}
     return np.array([index[v] for v in y], dtype=np.int64), labels
 
@@ -211,7 +212,7 @@ def stratified_split(
     for k in np.unique(y):
         members = rng.permutation(np.flatnonzero(y == k))
         if len(members) < 2:
-            raise ValueError(
+            raise BadValueError(
                 f"class index {k} has {len(members)} trial; a validation split needs at least "
                 "2 trials per class; add trials or drop the class"
             )
@@ -244,7 +245,7 @@ def fold_assignment(
 
     Raises
     ------
-    ValueError
+    BadValueError
         A class has fewer than ``n_folds`` trials (some held-out fold would lack it).
     """
     if n_folds < 2:
@@ -257,7 +258,7 @@ def fold_assignment(
         members = rng.permutation(np.flatnonzero(y == k))
         if len(members) < n_folds:
             name = repr(labels[k]) if labels is not None else f"index {k}"
-            raise ValueError(
+            raise BadValueError(
                 f"class {name} has {len(members)} trials but folds={n_folds} needs at least "
                 f"{n_folds} per class (every held-out fold holds every class); lower "
                 "finetune.folds or add trials"
@@ -306,7 +307,7 @@ def _task_config(
         for name in ("sfreq", "unit_uv"):
             ours, theirs = getattr(signal, name), getattr(base.signal, name)
             if ours != theirs:
-                raise ValueError(
+                raise BadValueError(
                     f"signal.{name}={ours} differs from the experts' pretraining value "
                     f"{theirs}; the experts only understand inputs at {name}={theirs}"
                 )
@@ -437,19 +438,19 @@ def finetune(
         moe = dataclasses.replace(moe, n_experts=len(experts))
     X = np.asarray(X)
     if X.ndim != 3 or X.shape[1] != len(ch_names):
-        raise ValueError(
+        raise BadValueError(
             f"X has shape {X.shape} but ch_names has {len(ch_names)} names; give X as "
             "(n_trials, n_chans, n_times) with one name per channel"
         )
     if len(y) != len(X):
-        raise ValueError(
+        raise BadValueError(
             f"{len(y)} labels for {len(X)} trials; give one label per trial (check the label "
             "file belongs to this data)"
         )
     check_filters_below_nyquist(signal, sfreq)
     n_model = int(np.ceil(X.shape[-1] * signal.sfreq / sfreq))
     if n_model < MIN_TRIAL_S * signal.sfreq:
-        raise ValueError(
+        raise BadValueError(
             f"trials of {X.shape[-1]} samples at {sfreq:g} Hz ({X.shape[-1] / sfreq:g} s) are "
             f"shorter than the model's minimum window of {MIN_TRIAL_S:g} s; give longer "
             "trials (epoch the recording with a longer window)"
@@ -692,7 +693,7 @@ def check_filters_below_nyquist(signal: SignalConfig, sfreq: float) -> None:
 
     Raises
     ------
-    ValueError
+    BadValueError
         Naming the filters and the options that fix it.
     """
     nyquist = sfreq / 2
@@ -706,7 +707,7 @@ def check_filters_below_nyquist(signal: SignalConfig, sfreq: float) -> None:
     if bad:
         listed = ", ".join(f"{k}={v:g} Hz" for k, v in bad.items())
         fix = " ".join(f"--{k.replace('_', '-')} none" for k in bad)
-        raise ValueError(
+        raise BadValueError(
             f"{listed}: at or above the recording's Nyquist frequency {nyquist:g} Hz (sfreq "
             f"{sfreq:g} Hz): nothing there to filter; pass {fix} (or values below "
             f"{nyquist:g} Hz)"

@@ -46,6 +46,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from rtmoe import __version__
 from rtmoe.config import Config, config_hash, load_config, save_config
+from rtmoe.errors import UserError
 
 #: The kind written by ``rtmoe pretrain``: one SpecHi-Net with its decoder.
 EXPERT_KIND = "spechinet-expert"
@@ -62,7 +63,7 @@ _RNG_CPU = "rng.torch_cpu"
 _RNG_CUDA = "rng.torch_cuda"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, corrupt, or does not fit the model it is loaded into."""
 
 

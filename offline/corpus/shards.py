@@ -26,6 +26,7 @@ import numpy as np
 
 from rtmoe import __version__
 from rtmoe.config import config_hash
+from rtmoe.errors import BadValueError
 from rtmoe.recording import InputError
 
 INDEX_NAME = "index.json"
@@ -78,7 +79,7 @@ class ShardWriter:
 
     def __init__(self, root: str | Path, config: dict[str, Any], shard_size_mb: float = 256.0):
         if not shard_size_mb > 0:
-            raise ValueError(f"shard_size_mb={shard_size_mb} must be > 0")
+            raise BadValueError(f"shard_size_mb={shard_size_mb} must be > 0")
         self.root = Path(root)
         self.config = config
         self.shard_bytes = shard_size_mb * 2**20
@@ -445,9 +446,9 @@ def partition_recordings(recording_ids: Sequence[str], k: int, seed: int) -> lis
     """
     names, counts = np.unique(np.asarray(recording_ids, dtype=str), return_counts=True)
     if not 1 <= k <= len(names):
-        raise ValueError(
+        raise BadValueError(
             f"k={k} parts for {len(names)} recordings; k must lie in [1, {len(names)}] "
-            "(every part needs a recording)"
+            "(every part needs a recording): lower corpus.n_partitions or add recordings"
         )
     order = np.random.default_rng(seed).permutation(len(names))
     parts: list[list[str]] = [[] for _ in range(k)]

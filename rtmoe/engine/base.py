@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from rtmoe import __version__
+from rtmoe.errors import UserError
 
 #: Values of ``build_engine(kind=...)``.
 ENGINE_KINDS: tuple[str, ...] = ("auto", "torch", "compile", "cudagraph", "onnx", "tensorrt")
@@ -44,7 +45,7 @@ OUTPUT_NAMES: tuple[str, str] = ("logits", "gate_means")
 PARITY_SCALE = 0.2
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """An engine cannot be built or disagrees with eager PyTorch; the message says why."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from rtmoe.checkpoint import WEIGHTS_FILE
+from rtmoe.errors import MissingFileError, UserError
 from rtmoe.models.specmoe import LoadedSpecMoE, load_specmoe
 
 #: Shipped models: name -> what it decodes.
@@ -30,7 +31,7 @@ SHIPPED_MODELS: dict[str, str] = {
 }
 
 
-class UnknownModelError(KeyError, ValueError):
+class UnknownModelError(UserError, KeyError, ValueError):
     """Neither a shipped model name nor an existing checkpoint folder.
 
     A ``KeyError`` (a name looked up) and a ``ValueError`` (a bad argument); its message
@@ -55,8 +56,8 @@ def shipped_path(name: str, *, must_exist: bool = True) -> Path:
     ------
     UnknownModelError
         ``name`` is not a shipped model; the message lists the names.
-    FileNotFoundError
-        The package was installed without the model's weights.
+    MissingFileError
+        The package was installed without the model's weights (a ``FileNotFoundError``).
     """
     if name not in SHIPPED_MODELS:
         raise UnknownModelError(
@@ -65,7 +66,7 @@ def shipped_path(name: str, *, must_exist: bool = True) -> Path:
         )
     path = Path(str(resources.files("rtmoe").joinpath("data", "models", name)))
     if must_exist and not (path / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"shipped model {name!r} has no weights at {path}; reinstall rtmoe with its package "
             "data, or rebuild it with `python -m rtmoe.offline.recipes.default_model --out "
             "runs/default --install`"

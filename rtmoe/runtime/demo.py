@@ -26,6 +26,7 @@ import numpy as np
 
 from rtmoe.config import RuntimeConfig
 from rtmoe.console import StatusLine
+from rtmoe.errors import UserError
 from rtmoe.models.specmoe import LoadedSpecMoE
 from rtmoe.recording import read_recording
 from rtmoe.runtime.loop import RunSummary, Runtime
@@ -183,7 +184,7 @@ def run_demo(
                 ).start()
             except OSError as err:  # the port is taken: a user error, nothing left open
                 runtime.close()
-                raise ValueError(str(err)) from None
+                raise UserError(str(err)) from None
             if console:
                 print(f"live page: {view.url}", flush=True)
             if open_view:

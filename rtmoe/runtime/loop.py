@@ -78,6 +78,7 @@ from rtmoe.config import RuntimeConfig
 from rtmoe.console import StatusLine
 from rtmoe.dsp.spectral import welch_nperseg, welch_psd
 from rtmoe.engine import build_engine
+from rtmoe.errors import BadValueError
 from rtmoe.models.shipped import load_model
 from rtmoe.models.specmoe import LoadedSpecMoE
 from rtmoe.profiles import Profile, apply_profile
@@ -186,7 +187,7 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but no CUDA GPU is visible; use --device cpu")
+        raise BadValueError(f"device={device!r} but no CUDA GPU is visible; use --device cpu")
     return resolved
 
 
@@ -262,14 +263,14 @@ class Runtime:
         self.plugins = PluginRunner(plugins)  # first: a bad spec fails before any loading
         for name, what in self.plugins.network_visible:
             if not cfg.allow_remote:  # the same opt-in as a network ZeroMQ address
-                raise ValueError(
+                raise BadValueError(
                     f"plugin {name!r} publishes {what}; set allow_remote=True (rtmoe stream "
                     "--allow-remote) to allow that, or drop the plugin"
                 )
         self.device = resolve_device(cfg.device)
         self.loaded = load_model(model, self.device)
         if self.loaded.task.regression:
-            raise ValueError(
+            raise BadValueError(
                 f"model task {self.loaded.task.name!r} is a regression task; the live decoder "
                 "publishes class probabilities, so give it a classification checkpoint"
             )

@@ -35,12 +35,13 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol, TextIO, runtime_checkable
 
+from rtmoe.errors import UserError
 from rtmoe.transport.messages import DecodeMessage
 
 ENTRY_POINT_GROUP = "rtmoe.plugins"
 
 
-class PluginError(ValueError):
+class PluginError(UserError, ValueError):
     """A plugin spec cannot be loaded: unknown name, bad arguments, not a plugin."""
 
 

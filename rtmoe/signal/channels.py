@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rtmoe.errors import UserError
+
 #: Modern 10-10 names and the older 10-20 names of the same electrode sites.
 CHANNEL_ALIASES: dict[str, str] = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
 #: Policies for model channels the stream lacks.
@@ -25,7 +27,7 @@ _PREFIX = re.compile(r"^EEG[\s:_-]+")
 _REF_SUFFIX = re.compile(r"[\s_-]+(REF|LE|AR|AVG|AVERAGE)$")
 
 
-class ChannelError(ValueError):
+class ChannelError(UserError, ValueError):
     """Channels are missing or ambiguous; the message lists both sides and the fix."""
 
 

@@ -49,13 +49,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rtmoe.errors import UserError
 from rtmoe.stream.clock import StreamClock
 
 if TYPE_CHECKING:
     import pylsl
 
 
-class LslError(RuntimeError):
+class LslError(UserError, RuntimeError):
     """An LSL stream could not be resolved, opened or kept; the message says how to fix it."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from rtmoe import commands
 from rtmoe.command import Command
+from rtmoe.errors import BadValueError, UserError
 from rtmoe.recording import Recording, marker_sample, read_recording
 from rtmoe.stream.replay import demo_recording_path
 
@@ -30,7 +31,7 @@ def _import_pylsl():
     try:
         import pylsl
     except ImportError as err:  # pragma: no cover - pylsl is a core dependency
-        raise RuntimeError("rtmoe play needs pylsl; install it with `pip install pylsl`") from err
+        raise UserError("rtmoe play needs pylsl; install it with `pip install pylsl`") from err
     return pylsl
 
 
@@ -84,13 +85,13 @@ class Player:
     ) -> None:
         pylsl = _import_pylsl()
         if not name:
-            raise ValueError("name='' is empty; give the EEG stream a name")
+            raise BadValueError("name='' is empty; give the EEG stream a name")
         if not (math.isfinite(speed) and speed > 0):
-            raise ValueError(f"speed={speed} must be a positive number (1 is real time)")
+            raise BadValueError(f"speed={speed} must be a positive number (1 is real time)")
         if not (math.isfinite(chunk_ms) and chunk_ms > 0):
-            raise ValueError(f"chunk_ms={chunk_ms} must be a positive number of milliseconds")
+            raise BadValueError(f"chunk_ms={chunk_ms} must be a positive number of milliseconds")
         if duration_s is not None and not duration_s > 0:
-            raise ValueError(f"duration_s={duration_s} must be positive, or None for no limit")
+            raise BadValueError(f"duration_s={duration_s} must be positive, or None for no limit")
         self.replay = replay
         self.speed = float(speed)
         self.loop = loop

@@ -27,6 +27,7 @@ from enum import StrEnum
 from typing import Any
 
 from rtmoe import __version__
+from rtmoe.errors import UserError
 
 #: "MAJOR.MINOR". A major bump is breaking (a field removed, renamed, retyped or given a
 #: new meaning); a minor bump only adds fields (and states), which readers must ignore if
@@ -41,7 +42,7 @@ TOPIC_PREVIEW = b"rtmoe.preview"
 SINGLE_FRAME_SEPARATOR = b" "
 
 
-class ProtocolError(ValueError):
+class ProtocolError(UserError, ValueError):
     """A message cannot be encoded or a payload is not a valid rtmoe message."""
 
 

@@ -14,6 +14,7 @@ import ipaddress
 from typing import TYPE_CHECKING, Self
 
 from rtmoe.config import RuntimeConfig
+from rtmoe.errors import BadValueError, UserError
 from rtmoe.transport.messages import Message, encode, encode_single_frame
 
 if TYPE_CHECKING:
@@ -46,6 +47,10 @@ def is_loopback_address(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class PublisherError(UserError, OSError):
+    """The publisher cannot bind its address (a port in use, no such interface)."""
 
 
 class ZmqPublisher:
@@ -84,7 +89,7 @@ class ZmqPublisher:
         context: zmq.Context | None = None,
     ) -> None:
         if not allow_remote and not is_loopback_address(address):
-            raise ValueError(
+            raise BadValueError(
                 f"address={address!r} is reachable from other machines (or not a tcp/ipc/"
                 "inproc endpoint); bind to tcp://127.0.0.1:PORT, or pass allow_remote=True "
                 "(rtmoe stream --allow-remote) to publish unauthenticated decodes on the "
@@ -116,7 +121,7 @@ class ZmqPublisher:
             socket.bind(address)
         except zmq.ZMQError as err:
             socket.close(linger=0)
-            raise OSError(
+            raise PublisherError(
                 f"cannot bind the publisher to address={address!r}: {err}; choose a free "
                 "port (or port 0 for any) on a local interface"
             ) from None

@@ -53,6 +53,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from rtmoe import __version__, commands
 from rtmoe.command import Command, UserError
+from rtmoe.errors import BadValueError
 from rtmoe.transport import (
     DEFAULT_ADDRESS,
     TOPIC_DECODE,
@@ -189,15 +190,15 @@ class ViewServer:
         context: Any = None,
     ) -> None:
         if not allow_remote and not _is_loopback_host(host):
-            raise ValueError(
+            raise BadValueError(
                 f"host={host!r} is reachable from other machines; serve on 127.0.0.1, or pass "
                 "allow_remote=True (rtmoe view --allow-remote) to show the unauthenticated "
                 "page on the network"
             )
         if not 0 <= port < 65536:
-            raise ValueError(f"port={port} must be in 0..65535 (0 picks a free port)")
+            raise BadValueError(f"port={port} must be in 0..65535 (0 picks a free port)")
         if not (history_s > 0 and math.isfinite(history_s)):
-            raise ValueError(f"history_s={history_s} must be a finite number of seconds > 0")
+            raise BadValueError(f"history_s={history_s} must be a finite number of seconds > 0")
         import zmq
 
         self.zmq_address = zmq_address
@@ -228,7 +229,7 @@ class ViewServer:
             sock.connect(zmq_address)
         except zmq.ZMQError as err:
             sock.close(linger=0)
-            raise ValueError(
+            raise BadValueError(
                 f"cannot connect to zmq_address={zmq_address!r}: {err}; give the runtime's "
                 f"publisher endpoint, e.g. {DEFAULT_ADDRESS}"
             ) from None
