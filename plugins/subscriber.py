@@ -75,6 +75,7 @@ class Decode:
     out_of_range_channels: int = 0
     gap_in_window: bool = False
     invalid_reason: str | None = None
+    stream_id: str | None = None
     received_s: float = field(default=math.nan, compare=False)
 
     def probability(self, label: str) -> float:
@@ -123,6 +124,7 @@ class Status:
     error: str | None = None
     error_detail: str | None = None
     invalid_decodes: int = 0
+    stream_id: str | None = None
     received_s: float = field(default=math.nan, compare=False)
 
     @property
@@ -163,7 +165,7 @@ def _list_of(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: isinstance(v, list) and all(map(check, v))
 
 
-# The schema 1.2 contract: every 1.0 field is required, the 1.1 and 1.2 fields are
+# The schema 1.4 contract: every 1.0 field is required, the 1.1 to 1.4 fields are
 # optional (an older runtime does not send them); fields of a later 1.x are ignored.
 _FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
     "decode": {
@@ -187,6 +189,7 @@ _FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "out_of_range_channels": _is_int,
         "gap_in_window": _is_bool,
         "invalid_reason": _or_null(_is_str),
+        "stream_id": _or_null(_is_str),
     },
     "status": {
         "seq": _is_int,
@@ -220,6 +223,7 @@ _FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "error": _or_null(_is_str),
         "error_detail": _or_null(_is_str),
         "invalid_decodes": _is_int,
+        "stream_id": _or_null(_is_str),
     },
 }
 # Fields a 1.0 (or 1.1) runtime does not send, and the value they are read as.
@@ -245,6 +249,7 @@ _ADDED_SINCE_1_0: dict[str, Any] = {
     "out_of_range_channels": 0,
     "gap_in_window": False,
     "invalid_reason": None,
+    "stream_id": None,  # 1.4: set only by a runtime decoding several streams
 }
 
 
@@ -299,7 +304,9 @@ def parse(frames: bytes | Sequence[bytes], received_s: float = math.nan) -> Mess
             "as the runtime"
         )
     kind = data.get("type")
-    if kind not in _FIELDS or _TOPICS[kind].encode() != topic:
+    stream_id = data.get("stream_id")
+    suffix = f".{stream_id}" if isinstance(stream_id, str) else ""
+    if kind not in _FIELDS or (_TOPICS[kind] + suffix).encode() != topic:
         raise ProtocolError(f"payload type={kind!r} on topic {topic!r} is not an rtmoe message")
     values = {}
     for name, check in _FIELDS[kind].items():
@@ -384,6 +391,10 @@ class Subscriber:
         Keep only the newest message in the receive queue (``ZMQ_CONFLATE``). Needs the
         runtime's single-frame option and ``topics=("decode",)``; ``seq`` holes are then
         expected and counted in ``stats.dropped``.
+    stream : str, optional
+        With a runtime decoding several streams (schema 1.4): read only this stream's
+        messages (topics ``rtmoe.decode.<stream>``); by default all streams arrive, each
+        message naming its ``stream_id``, and ``seq`` holes are counted per stream.
     rcvhwm : int
         Messages this client may queue before ZeroMQ stops taking more from the runtime
         (the runtime then counts ``publish_drops`` and this client sees ``seq`` holes).
@@ -403,6 +414,7 @@ class Subscriber:
         *,
         topics: Sequence[str] = ("decode", "status"),
         conflate: bool = False,
+        stream: str | None = None,
         rcvhwm: int = 1000,
         context: zmq.Context | None = None,
     ) -> None:
@@ -417,6 +429,7 @@ class Subscriber:
         if rcvhwm < 1:
             raise ValueError(f"rcvhwm={rcvhwm} must be >= 1 messages")
         self.address = address
+        self.stream = stream
         self.stats = SubscriberStats()
         context = context if context is not None else zmq.Context.instance()
         sock = context.socket(zmq.SUB)
@@ -435,10 +448,12 @@ class Subscriber:
                 f"cannot connect to address={address!r}: {err}; use the runtime's endpoint, "
                 "e.g. tcp://127.0.0.1:5556"
             ) from None
+        suffix = "" if stream is None else f".{stream}"
         for topic in topics:
             # With CONFLATE only single frames arrive; the space keeps "rtmoe.decode"
-            # from also matching longer topic names.
-            sock.setsockopt(zmq.SUBSCRIBE, (_TOPICS[topic] + (" " if conflate else "")).encode())
+            # from also matching longer topic names (prefixes are filtered in _poll).
+            prefix = _TOPICS[topic] + suffix + (" " if conflate else "")
+            sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         self._sock: zmq.Socket | None = sock
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
@@ -447,8 +462,8 @@ class Subscriber:
         self._latest: Decode | None = None
         self._latest_status: Status | None = None
         self._n_decodes_seen = 0  # stats.decodes when latest()/wait() last returned
-        self._last_seq: dict[str, int] = {}
-        self._last_uptime_s: float | None = None
+        self._last_seq: dict[tuple[str, str | None], int] = {}  # by kind and stream
+        self._last_uptime_s: dict[str | None, float] = {}  # by stream
         self._resync = False
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -476,7 +491,9 @@ class Subscriber:
                         return None
                 self._poller.poll(remaining_ms)
                 continue
-            return self._handle(parse(frames, time.monotonic()))
+            msg = parse(frames, time.monotonic())
+            if self.stream is None or msg.stream_id == self.stream:  # not stream "A1" for "A"
+                return self._handle(msg)
 
     def _drain_monitor(self) -> None:
         while self._monitor.poll(0):
@@ -487,15 +504,17 @@ class Subscriber:
 
     def _handle(self, msg: Message) -> Message:
         kind = "decode" if isinstance(msg, Decode) else "status"
-        last = self._last_seq.get(kind)
+        key = (kind, msg.stream_id)
+        last = self._last_seq.get(key)
         restarted = last is not None and msg.seq <= last
         if kind == "status":
-            restarted |= self._last_uptime_s is not None and msg.uptime_s < self._last_uptime_s
-            self._last_uptime_s = msg.uptime_s
+            uptime = self._last_uptime_s.get(msg.stream_id)
+            restarted |= uptime is not None and msg.uptime_s < uptime
+            self._last_uptime_s[msg.stream_id] = msg.uptime_s
         if restarted:
             self.stats.restarts += 1
             self._last_seq.clear()
-            self._last_uptime_s = msg.uptime_s if kind == "status" else None
+            self._last_uptime_s = {msg.stream_id: msg.uptime_s} if kind == "status" else {}
             self._resync = False
         elif self._resync:
             # After a reconnection a higher seq may be the same run or a new one (whose
@@ -504,7 +523,7 @@ class Subscriber:
             self._last_seq.clear()
         elif last is not None and kind == "decode":
             self.stats.dropped += msg.seq - last - 1
-        self._last_seq[kind] = msg.seq
+        self._last_seq[key] = msg.seq
         with self._cond:
             if kind == "decode":
                 self.stats.decodes += 1

@@ -61,7 +61,7 @@ def _preview(**overrides) -> PreviewMessage:
 def test_preview_message_round_trips_and_checks_its_shape():
     msg = _preview()
     topic, payload = encode(msg)
-    assert topic == b"rtmoe.preview" and b'"schema_version":"1.3"' in payload
+    assert topic == b"rtmoe.preview" and b'"schema_version":"1.4"' in payload
     assert decode([topic, payload]) == msg
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((ROOT / "docs" / "schema" / "preview.schema.json").read_text())

@@ -6,6 +6,7 @@ rtmoe.transport.messages and the JSON Schemas so the two cannot drift.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -123,7 +124,16 @@ def test_field_names_match_messages_and_schemas():
 
 
 @pytest.mark.parametrize("framing", ["multipart", "single"])
-@pytest.mark.parametrize("msg", [decode_msg(7), status_msg(3)], ids=["decode", "status"])
+@pytest.mark.parametrize(
+    "msg",
+    [
+        decode_msg(7),
+        status_msg(3),
+        dataclasses.replace(decode_msg(7), stream_id="EEG_A"),
+        dataclasses.replace(status_msg(3), stream_id="EEG_A"),
+    ],
+    ids=["decode", "status", "decode-stream", "status-stream"],
+)
 def test_parse_agrees_with_rtmoe_decode(msg, framing):
     frames = messages.encode(msg) if framing == "multipart" else messages.encode_single_frame(msg)
     reference = messages.to_dict(messages.decode(frames))

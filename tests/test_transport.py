@@ -146,6 +146,7 @@ def test_decode_payload_is_compact_json_with_the_documented_fields():
         "out_of_range_channels": 0,
         "gap_in_window": False,
         "invalid_reason": None,
+        "stream_id": None,
     }
 
 
@@ -238,6 +239,25 @@ def test_nan_in_status_and_nan_literal_in_payload_are_refused():
     assert bad != payload
     with pytest.raises(ProtocolError, match="NaN"):
         decode([TOPIC_DECODE, bad])
+
+
+def test_a_stream_id_ends_the_topic_and_must_match_the_payload():
+    msg = make_decode(stream_id="EEG_A")
+    topic, payload = encode(msg)
+    assert topic == b"rtmoe.decode.EEG_A" and json.loads(payload)["stream_id"] == "EEG_A"
+    assert decode([topic, payload]) == msg
+    assert decode(encode_single_frame(msg)) == msg
+    assert encode(make_status(stream_id="B-2"))[0] == b"rtmoe.status.B-2"
+    assert encode(make_decode())[0] == TOPIC_DECODE  # single stream: the 1.3 topic
+    with pytest.raises(ProtocolError, match="stream_id='EEG_A'"):
+        decode([TOPIC_DECODE, payload])  # a stream's payload on the plain topic
+    with pytest.raises(ProtocolError, match="stream_id=None"):
+        decode([b"rtmoe.decode.EEG_A", encode(make_decode())[1]])
+    with pytest.raises(ProtocolError, match="unknown topic"):
+        decode([b"rtmoe.decoder", payload])
+    for bad in ("a.b", "a b", "", "x" * 65):
+        with pytest.raises(ProtocolError, match="letters, digits"):
+            make_decode(stream_id=bad)
 
 
 def edit_payload(msg, **changes) -> list[bytes]:

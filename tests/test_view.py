@@ -16,6 +16,7 @@ the test's tmp folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -136,6 +137,27 @@ def test_state_holds_the_recent_decodes_and_the_newest_status(pub_view):
     assert state["decodes"][-1]["probabilities"] == list(_decode(19, 0).probabilities)
     assert state["status"]["state"] == "STALLED"
     assert state["view"]["decodes"] >= 0 and view.seq_holes == 0
+
+
+def test_a_multi_stream_runtime_is_shown_one_stream_at_a_time(pub_view):
+    """Protocol 1.4: --stream B takes B's topics only; without it, a stream's messages
+    are not mixed into the page but counted, so the operator is told to pick one."""
+    publisher, plain = pub_view
+    only_b = ViewServer(publisher.address, port=0, stream="B").start()
+    try:
+        status = dataclasses.replace(_status(0), stream_id="B")
+        assert _until(lambda: (publisher.publish(status), only_b.statuses)[1], 10.0)
+        for seq in range(3):
+            for sid in ("A", "B", "BB"):  # "BB" shares the prefix "rtmoe.decode.B"
+                publisher.publish(dataclasses.replace(_decode(seq, 1000.0 + seq), stream_id=sid))
+        publisher.publish(_decode(0, 1000.0))  # a single-stream message: not B's
+        assert _until(lambda: only_b.decodes == 3 and plain.decodes == 1, 10.0)
+        state = json.loads(_get(only_b.url + "state")[1])
+        assert [d["stream_id"] for d in state["decodes"]] == ["B"] * 3
+        assert only_b.seq_holes == 0 and only_b.other_streams == {"BB"}
+        assert plain.other_streams == {"A", "B", "BB"}
+    finally:
+        only_b.close()
 
 
 def test_event_stream_starts_with_a_snapshot_then_forwards_messages(pub_view):

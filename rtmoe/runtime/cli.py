@@ -21,7 +21,6 @@ from rtmoe.cli import Command, UserError
 from rtmoe.config import RuntimeConfig, add_config_arguments, config_from_args
 from rtmoe.engine import ENGINE_KINDS
 from rtmoe.signal.channels import FILL_POLICIES
-from rtmoe.stream.lsl import LslError
 from rtmoe.transport import DEFAULT_ADDRESS
 
 
@@ -68,7 +67,13 @@ STREAM_FLAGS = {
 
 
 def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lsl", metavar="NAME", help="LSL name of the EEG stream")
+    parser.add_argument(
+        "--lsl",
+        metavar="NAME",
+        action="append",
+        help="LSL name of the EEG stream; repeat to decode several streams in one runtime "
+        "(one batched forward; topics rtmoe.decode.<NAME>, docs/protocol.md)",
+    )
     parser.add_argument("--lsl-type", help="LSL type of the EEG stream (e.g. EEG)")
     parser.add_argument("--source-id", help="LSL source_id of the EEG stream")
     _add_common(parser)
@@ -208,12 +213,37 @@ def check_model_ref(ref: str, flag: str = "--model") -> None:
         )
 
 
-def _check_stream_args(args: argparse.Namespace) -> tuple[dict, RuntimeConfig, list[str]]:
-    """Every check that needs no model, no torch and no LSL: fails in milliseconds."""
+def _check_stream_args(args: argparse.Namespace) -> tuple[list[dict], RuntimeConfig, list[str]]:
+    """Every check that needs no model, no torch and no LSL: fails in milliseconds.
+
+    Returns one LSL query per stream (several with a repeated ``--lsl``)."""
     cfg = config_from_args(args).runtime  # --config/--set/flags; writes the values back
-    query = {"name": args.lsl, "type": args.lsl_type, "source_id": args.source_id}
-    query = {k: v for k, v in query.items() if v is not None}
-    if not query:
+    names = args.lsl or [None]
+    if len(names) > 1:
+        if args.source_id:
+            raise UserError(
+                "--source-id names one stream; with several --lsl, name each stream by --lsl"
+            )
+        if len(set(names)) != len(names):
+            raise UserError(f"--lsl {names}: a stream is named twice; give each stream once")
+        from rtmoe.runtime.multi import stream_id_of
+
+        ids = [stream_id_of(name) for name in names]
+        if len(set(ids)) != len(ids):
+            raise UserError(
+                f"--lsl {names} give the same stream ids {ids} (characters other than letters, "
+                "digits, '_' and '-' become '_'); rename a stream"
+            )
+        if any(spec.split(":")[0] == "lsl-out" for spec in args.plugin or ()):
+            raise UserError(
+                "--plugin lsl-out with several --lsl: every stream would open an LSL outlet "
+                "of the same name; decode one stream per process to use lsl-out"
+            )
+    queries = []
+    for name in names:
+        query = {"name": name, "type": args.lsl_type, "source_id": args.source_id}
+        queries.append({k: v for k, v in query.items() if v is not None})
+    if not queries[0]:
         raise UserError("give the stream to decode: --lsl NAME (or --lsl-type / --source-id)")
     exposed = []
     zmq = check_zmq_address(args.zmq, args.allow_remote)
@@ -234,7 +264,7 @@ def _check_stream_args(args: argparse.Namespace) -> tuple[dict, RuntimeConfig, l
         raise UserError(f"--wait-s {args.wait_s:g} must be >= 0 seconds (omit it to wait on)")
     if not args.max_age_s > 0:
         raise UserError(f"--max-age-s {args.max_age_s:g} must be > 0 seconds")
-    return query, cfg, exposed
+    return queries, cfg, exposed
 
 
 @contextlib.contextmanager
@@ -281,11 +311,13 @@ def _run_stream(args: argparse.Namespace) -> int:
     try:  # Ctrl-C, SIGTERM or SIGHUP while loading or waiting: a summary and exit 0
         with _interrupt_on_term():
             # Every argument is checked before any model load or LSL resolve.
-            query, cfg, exposed = _check_stream_args(args)
-            runtime = _start_stream(args, query, cfg, exposed)
+            queries, cfg, exposed = _check_stream_args(args)
+            runtime = _start_stream(args, queries, cfg, exposed)
     except KeyboardInterrupt:
         print("stopped during start-up (loading or waiting for the stream): 0 decodes", flush=True)
         return 0
+    if len(queries) > 1:
+        return _decode_streams(args, runtime)
     try:
         summary = _decode_stream(args, runtime)
     except KeyboardInterrupt:  # in the instant before run() took over the signals
@@ -295,7 +327,7 @@ def _run_stream(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_stream(args: argparse.Namespace, query: dict, cfg: RuntimeConfig, exposed: list):
+def _start_stream(args: argparse.Namespace, queries: list, cfg: RuntimeConfig, exposed: list):
     profile = None
     if args.subject:
         from rtmoe.profiles import default_profiles_dir, load_profile
@@ -309,14 +341,20 @@ def _start_stream(args: argparse.Namespace, query: dict, cfg: RuntimeConfig, exp
     from rtmoe.runtime.loop import Runtime
 
     wait = "until it appears" if cfg.wait_s is None else f"up to {cfg.wait_s:g} s"
-    what = " and ".join(f"{k}={v!r}" for k, v in query.items())
-    print(f"looking for the LSL stream {what} (waiting {wait}); Ctrl-C stops", flush=True)
-    try:
+    for query in queries:
+        what = " and ".join(f"{k}={v!r}" for k, v in query.items())
+        print(f"looking for the LSL stream {what} (waiting {wait}); Ctrl-C stops", flush=True)
+    if len(queries) == 1:
         return Runtime(
-            model, query, cfg, cache_dir=args.cache_dir, plugins=args.plugin, profile=profile
+            model, queries[0], cfg, cache_dir=args.cache_dir, plugins=args.plugin, profile=profile
         )
-    except LslError as err:
-        raise UserError(str(err)) from None
+    from rtmoe.runtime.multi import MultiRuntime, StreamSpec, stream_id_of
+
+    specs = [
+        StreamSpec(stream_id_of(q["name"]), q, model, profile, tuple(args.plugin or ()))
+        for q in queries
+    ]
+    return MultiRuntime(specs, cfg, cache_dir=args.cache_dir)
 
 
 def _decode_stream(args: argparse.Namespace, runtime):
@@ -330,6 +368,30 @@ def _decode_stream(args: argparse.Namespace, runtime):
         flush=True,
     )
     return runtime.run(args.duration_s, console=True)
+
+
+def _decode_streams(args: argparse.Namespace, multi) -> int:
+    lead = multi.runtimes[0]
+    print(
+        f"decoding {len(multi.runtimes)} streams with {lead.model_id} every "
+        f"{lead.hop / lead.sfreq * 1e3:g} ms; {lead.engine.summary()}; publishing on "
+        f"{multi.publisher.address} (topics rtmoe.decode.<stream>)\n"
+        + "".join(
+            f"  {rt.stream_id}: {rt.source.channel_names}"
+            + (f"; zero-filled {rt.filled_channels}" if rt.filled_channels else "")
+            + "\n"
+            for rt in multi.runtimes
+        )
+        + "Ctrl-C stops.",
+        flush=True,
+    )
+    try:
+        summaries = multi.run(args.duration_s, console=True)
+    except KeyboardInterrupt:  # in the instant before run() took over the signals
+        summaries = [rt.summary() for rt in multi.runtimes]
+        multi.close()
+    print(multi.describe(summaries), flush=True)
+    return 0
 
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:

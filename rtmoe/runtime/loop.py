@@ -66,10 +66,10 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -77,7 +77,7 @@ import torch
 from rtmoe.config import RuntimeConfig
 from rtmoe.console import StatusLine
 from rtmoe.dsp.spectral import welch_nperseg, welch_psd
-from rtmoe.engine import build_engine
+from rtmoe.engine import Engine, build_engine
 from rtmoe.errors import BadValueError
 from rtmoe.models.shipped import load_model
 from rtmoe.models.specmoe import LoadedSpecMoE
@@ -104,6 +104,15 @@ if TYPE_CHECKING:
 #: Columns of `Runtime.timings`, milliseconds per decode (pull/preprocess/ring summed over
 #: the cycles since the previous decode; "publish" includes the plugins' stages and sinks).
 STAGES: tuple[str, ...] = ("pull", "preprocess", "ring", "psd", "engine", "publish")
+
+
+class Window(NamedTuple):
+    """A window ready for the engine: its end (ring sample index), PSD and timings."""
+
+    end: int
+    psd: torch.Tensor  # (n_chans, n_bins) on the device; the signal is in Runtime._x
+    t0: float  # perf_counter at the start of the PSD
+    t1: float  # ... once the PSD and the model input were ready
 
 
 @dataclass(frozen=True)
@@ -216,6 +225,12 @@ class Runtime:
         A subject profile (rtmoe calibrate): its weights and labels replace the base
         model's, its alignment mixes channels before the ring buffer; refused for
         another base model or montage.
+    stream_id : str, optional
+        Names the stream in every message and topic (schema 1.4), for a runtime decoding
+        several (`rtmoe.runtime.multi`); None: a single-stream runtime, plain topics.
+    engine : rtmoe.engine.Engine, optional
+        An engine already built for this model's window (another stream's, to decode
+        both in one batch); default: one is built (``max_batch`` windows at most).
 
     Attributes
     ----------
@@ -257,8 +272,12 @@ class Runtime:
         cache_dir: str | Path | None = None,
         plugins: Sequence[str | Plugin] = (),
         profile: Profile | None = None,
+        stream_id: str | None = None,
+        engine: Engine | None = None,
+        max_batch: int = 1,
     ) -> None:
         cfg = cfg or RuntimeConfig()
+        self.stream_id = stream_id
         self.cfg = cfg
         self.plugins = PluginRunner(plugins)  # first: a bad spec fails before any loading
         for name, what in self.plugins.network_visible:
@@ -305,7 +324,7 @@ class Runtime:
         self._owns_publisher = publisher is None
         self.publisher: ZmqPublisher = publisher  # type: ignore[assignment]  # set below
         try:
-            self._setup(stream, cfg, task, sig, profile, cache_dir)
+            self._setup(stream, cfg, task, sig, profile, cache_dir, engine, max_batch)
         except BaseException:
             if self.publisher is not None:
                 self.state = RuntimeState.STOPPING
@@ -340,7 +359,9 @@ class Runtime:
             )
         )
 
-    def _setup(self, stream, cfg: RuntimeConfig, task, sig, profile, cache_dir) -> None:
+    def _setup(
+        self, stream, cfg: RuntimeConfig, task, sig, profile, cache_dir, engine, max_batch
+    ) -> None:
         """Open (or wait for) the source, then everything that depends on its channels."""
         if isinstance(stream, LslSource):
             self.source = stream
@@ -381,14 +402,18 @@ class Runtime:
         nperseg = welch_nperseg(self.n_times, self.sfreq, self.loaded.config.spectral)
         self.welch = SlidingWelch(n_chans, self.n_times, self.hop, self.sfreq, nperseg, self.device)
         self._x = torch.zeros((1, n_chans, self.n_times), device=self.device)
-        gen = torch.Generator().manual_seed(0)
-        example = 0.2 * torch.randn((1, n_chans, self.n_times), generator=gen).to(self.device)
-        self.engine = build_engine(
-            self.loaded.model,
-            (example, welch_psd(example, self.sfreq, nperseg).contiguous()),
-            cfg.engine,
-            cache_dir,
-        )
+        if engine is None:
+            gen = torch.Generator().manual_seed(0)
+            example = 0.2 * torch.randn((1, n_chans, self.n_times), generator=gen)
+            example = example.to(self.device)
+            engine = build_engine(
+                self.loaded.model,
+                (example, welch_psd(example, self.sfreq, nperseg).contiguous()),
+                cfg.engine,
+                cache_dir,
+                max_batch=max_batch,
+            )
+        self.engine = engine
         self.labels = list(task.labels)
         self.gate_names = [f"expert_{k}" for k in range(self.engine.n_experts)]
         self._preview = None  # the opt-in rtmoe.preview topic (protocol 1.3)
@@ -452,7 +477,7 @@ class Runtime:
         Returns the run's summary; the source and an owned publisher are closed (a last
         ``STOPPING`` status is published first).
         """
-        restore = self._install_signal_handlers()
+        restore = stop_on_signals(self.stop)
         line = StatusLine(period_s=0.0) if console else None  # one line per status period
         clock = self._clock
         self._started_s = start = clock()
@@ -462,18 +487,28 @@ class Runtime:
                 if duration_s is not None and now - start >= duration_s:
                     break
                 self.step(self._poll_s)
-                if self._heartbeat.due(now):
-                    self._publish_status(now)
-                    if line is not None:
-                        line.update(self.console_line())
+                if self.beat(now) and line is not None:
+                    line.update(self.console_line())
         finally:
             restore()
-            summary = self.summary()
-            self.state = RuntimeState.STOPPING
-            self._publish_status(clock())
             if line is not None:
                 line.close()
-            self.close()
+            summary = self.finish()
+        return summary
+
+    def beat(self, now: float) -> bool:
+        """Publish the status if one is due at ``now``; whether it was."""
+        if not self._heartbeat.due(now):
+            return False
+        self._publish_status(now)
+        return True
+
+    def finish(self) -> RunSummary:
+        """End a run: its summary, a last ``STOPPING`` status, then `close`."""
+        summary = self.summary()
+        self.state = RuntimeState.STOPPING
+        self._publish_status(self._clock())
+        self.close()
         return summary
 
     def stop(self) -> None:
@@ -499,6 +534,19 @@ class Runtime:
         ``wait_s``: with nothing buffered, wait up to this long for the next sample.
         Returns whether a window was decoded.
         """
+        end = self._due(wait_s)
+        window = self._window(end) if end is not None else None
+        if window is None:
+            return False
+        probs, gates = self.engine(self._x, window.psd.unsqueeze(0))
+        return self._publish(window, probs, gates)
+
+    def _due(self, wait_s: float) -> int | None:
+        """Pull, preprocess and push; the end of the window to decode now, if any.
+
+        Due windows that are refused (wrong stream or rate) or skipped (the decoder fell
+        behind: only the newest is decoded) are counted here.
+        """
         t0 = time.perf_counter()
         data, stamps = self.source.pull(wait_s)
         self._pending[0] += (time.perf_counter() - t0) * 1e3
@@ -517,17 +565,17 @@ class Runtime:
         end = self.ring.n_pushed - self.ring.n_pushed % self.hop
         first_end = self._first_valid_end()
         if end <= self._last_end or end < first_end:
-            return False
+            return None
         if self.state is RuntimeState.ERROR or not self.source.identity_ok:
             # Never decode the wrong stream, an unconfirmed one or at the wrong rate.
             oldest_due = max(first_end, self._last_end + self.hop)
             self.refused_windows += max(1, (end - oldest_due) // self.hop + 1)
             self._last_end = end
-            return False
+            return None
         if self.decodes:  # the start-up backlog (liblsl's first clock sync) is no overload
             oldest_due = max(first_end, self._last_end + self.hop)
             self.skipped_windows += max(0, (end - oldest_due) // self.hop)
-        return self._decode(end)
+        return end
 
     @property
     def timings(self) -> np.ndarray:
@@ -681,17 +729,24 @@ class Runtime:
         ahead_s = max(0.01, 3e-3 * jitter_ms) if math.isfinite(jitter_ms) else 0.01
         return not -ahead_s <= age_s <= self.cfg.max_age_s
 
-    def _decode(self, end: int) -> bool:
+    def _window(self, end: int) -> Window | None:
+        """The model input of the window ending at ``end``: ``self._x`` and its PSD.
+
+        None (and counted) when the window is already too old to publish.
+        """
         if self._stale(self._clock() - float(self._stamps[(end - 1) % self.capacity])):
             self.stale_windows += 1  # a backlog after a stall, a clock that jumped ahead
             self._last_end = end
-            return False
+            return None
         t0 = time.perf_counter()
         psd = self.welch.update(self.ring, end)
         self._x[0].copy_(self.welch.window(self.ring))
-        t1 = time.perf_counter()
-        probs, gates = self.engine(self._x, psd.unsqueeze(0))
+        return Window(end, psd, t0, time.perf_counter())
+
+    def _publish(self, window: Window, probs: torch.Tensor, gates: torch.Tensor) -> bool:
+        """Check, publish and record the engine's outputs for ``window``; whether published."""
         t2 = time.perf_counter()
+        end, t0, t1 = window.end, window.t0, window.t1
         first = float(self._stamps[(end - self.n_times) % self.capacity])
         last = float(self._stamps[(end - 1) % self.capacity])
         values = probs.tolist()
@@ -723,6 +778,7 @@ class Runtime:
             latency_ms=(published - last) * 1e3,
             compute_ms=compute_ms,
             skipped_windows=self.skipped_windows,
+            stream_id=self.stream_id,
         )
         if len(self.plugins):
             msg = self.plugins.process(msg)
@@ -740,7 +796,7 @@ class Runtime:
         beat[1] = max(beat[1], msg.latency_ms)
         beat[2] += 1
         if self._preview is not None:  # after the decode is out and its timings taken
-            preview = self._preview.message(self._x[0], last, self.model_id)
+            preview = self._preview.message(self._x[0], last, self.model_id, self.stream_id)
             if preview is not None:
                 self.publisher.publish(preview)
         self._last_end = end
@@ -829,6 +885,7 @@ class Runtime:
                 error=self.error,
                 error_detail=self.error_detail,
                 invalid_decodes=self.invalid_decodes,
+                stream_id=self.stream_id,
             )
         )
         self._beat_latency = [0.0, 0.0, 0]
@@ -842,18 +899,20 @@ class Runtime:
             return records[: self.decodes].copy()
         return np.roll(records, -(self.decodes % n), axis=0)
 
-    def _install_signal_handlers(self):
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        signals = [signal.SIGINT, signal.SIGTERM]
-        if hasattr(signal, "SIGHUP"):  # a closed terminal: stop cleanly, not die
-            signals.append(signal.SIGHUP)
-        previous = {sig: signal.getsignal(sig) for sig in signals}
-        for sig in previous:
-            signal.signal(sig, lambda *_: self.stop())
 
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+def stop_on_signals(stop: Callable[[], None]) -> Callable[[], None]:
+    """Call ``stop`` on SIGINT, SIGTERM and SIGHUP (main thread only); returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    signals = [signal.SIGINT, signal.SIGTERM]
+    if hasattr(signal, "SIGHUP"):  # a closed terminal: stop cleanly, not die
+        signals.append(signal.SIGHUP)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in previous:
+        signal.signal(sig, lambda *_: stop())
 
-        return restore
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore

@@ -60,7 +60,9 @@ class Preview:
         self.filled = [name in set(filled) for name in self.ch_names]
         self.seq = 0
 
-    def message(self, x: torch.Tensor, last_lsl_s: float, model_id: str) -> PreviewMessage | None:
+    def message(
+        self, x: torch.Tensor, last_lsl_s: float, model_id: str, stream_id: str | None = None
+    ) -> PreviewMessage | None:
         """The preview of window ``x`` (shape (n_chans, n_times), model units); None if a
         value is not finite (never sent as JSON)."""
         k = self.n_out * self.block
@@ -86,6 +88,7 @@ class Preview:
             flat=(std < self.flat_uv).tolist(),
             out_of_range=(~(peak <= self.out_of_range_uv)).tolist(),
             filled=self.filled,
+            stream_id=stream_id,
         )
         self.seq += 1
         return msg

@@ -8,6 +8,11 @@ docs/schema/*.schema.json validate the payloads):
 - ``rtmoe.preview`` (schema 1.3, opt-in: ``runtime.preview_hz``): the newest samples of
   every model channel, decimated, with per-channel quality flags, after each decode.
 
+A runtime decoding several streams (schema 1.4) names each message's stream in
+``stream_id`` and appends it to the topic (``rtmoe.decode.<stream_id>``), so a ZeroMQ
+prefix subscription can take one stream; a single-stream runtime sends no stream id and
+the topics above, as before.
+
 Framing is either multipart ``[topic, payload]`` or a single frame
 ``topic + b" " + payload`` for subscribers that use ``ZMQ_CONFLATE`` (which drops
 multipart messages). This module has no zmq import: the runtime, the tests and any
@@ -21,6 +26,7 @@ import json
 import math
 import numbers
 import operator
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -32,12 +38,15 @@ from rtmoe.errors import UserError
 #: "MAJOR.MINOR". A major bump is breaking (a field removed, renamed, retyped or given a
 #: new meaning); a minor bump only adds fields (and states), which readers must ignore if
 #: unknown (an unknown state means "not decoding").
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 SCHEMA_MAJOR = int(SCHEMA_VERSION.split(".")[0])
 
 TOPIC_DECODE = b"rtmoe.decode"
 TOPIC_STATUS = b"rtmoe.status"
 TOPIC_PREVIEW = b"rtmoe.preview"
+#: A stream id (schema 1.4): it ends the topic, so no dot (topic separator) or space
+#: (single-frame separator).
+STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Between topic and JSON in single-frame messages; a JSON object never starts with it.
 SINGLE_FRAME_SEPARATOR = b" "
 
@@ -120,6 +129,9 @@ class DecodeMessage:
         limit, bridged) (1.2).
     invalid_reason : str or None
         Why ``valid`` is False, e.g. ``"3 of 3 channels flat"``; None when valid (1.2).
+    stream_id : str or None
+        The stream this window came from, in a runtime decoding several (1.4); None in a
+        single-stream runtime. Also the topic's suffix.
     """
 
     seq: int
@@ -142,8 +154,10 @@ class DecodeMessage:
     out_of_range_channels: int = 0
     gap_in_window: bool = False
     invalid_reason: str | None = None
+    stream_id: str | None = None
 
     def __post_init__(self) -> None:
+        _check_stream_id(self)
         for name in ("valid", "gap_in_window"):
             if not isinstance(getattr(self, name), bool):
                 raise ProtocolError(f"DecodeMessage.{name}={getattr(self, name)!r} must be a bool")
@@ -269,6 +283,9 @@ class StatusMessage:
         A sentence naming what is wrong and what to do (1.2).
     invalid_decodes : int
         Decodes published with ``valid`` False (1.2).
+    stream_id : str or None
+        As in :class:`DecodeMessage` (1.4): each stream of a multi-stream runtime has its
+        own status, counters and state.
     """
 
     seq: int
@@ -302,8 +319,10 @@ class StatusMessage:
     error: StatusError | str | None = None
     error_detail: str | None = None
     invalid_decodes: int = 0
+    stream_id: str | None = None
 
     def __post_init__(self) -> None:
+        _check_stream_id(self)
         if self.error is not None:
             try:
                 object.__setattr__(self, "error", StatusError(self.error))
@@ -372,6 +391,8 @@ class PreviewMessage:
         Flat over the window (``std_uv`` below the runtime's ``flat_uv``), leaving the
         plausible range (``max_abs_uv`` above ``out_of_range_uv``: saturation, artefact),
         absent from the stream and fed with zeros.
+    stream_id : str or None
+        As in :class:`DecodeMessage` (1.4).
     """
 
     seq: int
@@ -385,8 +406,10 @@ class PreviewMessage:
     flat: Sequence[bool]
     out_of_range: Sequence[bool]
     filled: Sequence[bool]
+    stream_id: str | None = None
 
     def __post_init__(self) -> None:
+        _check_stream_id(self)
         _set_counts(self, "seq")
         _set_finite(self, "sfreq", "last_lsl_s")
         if self.sfreq <= 0:
@@ -452,6 +475,7 @@ def to_dict(msg: Message) -> dict[str, Any]:
             "out_of_range_channels": msg.out_of_range_channels,
             "gap_in_window": msg.gap_in_window,
             "invalid_reason": msg.invalid_reason,
+            "stream_id": msg.stream_id,
         }
     if isinstance(msg, PreviewMessage):
         data = {"type": "preview", "schema_version": SCHEMA_VERSION}
@@ -467,8 +491,22 @@ def to_dict(msg: Message) -> dict[str, Any]:
 
 
 def topic_of(msg: Message) -> bytes:
-    """The topic frame of ``msg``."""
-    return _TOPIC_OF[type(msg)]
+    """The topic frame of ``msg``: ``rtmoe.decode``, or ``rtmoe.decode.<stream_id>``."""
+    base = _TOPIC_OF[type(msg)]
+    return base if msg.stream_id is None else base + b"." + msg.stream_id.encode()
+
+
+def split_topic(topic: bytes) -> tuple[bytes, str | None]:
+    """``(base topic, stream id or None)`` of a received topic frame."""
+    for base in _TOPICS:
+        if topic == base:
+            return base, None
+        if topic.startswith(base + b".") and STREAM_ID.fullmatch(topic[len(base) + 1 :].decode()):
+            return base, topic[len(base) + 1 :].decode()
+    raise ProtocolError(
+        f"unknown topic {topic!r}; expected {TOPIC_DECODE!r}, {TOPIC_STATUS!r} or "
+        f"{TOPIC_PREVIEW!r}, each optionally followed by .<stream_id>"
+    )
 
 
 def encode(msg: Message) -> tuple[bytes, bytes]:
@@ -528,12 +566,11 @@ def decode(frames: bytes | Sequence[bytes]) -> Message:
         raise ProtocolError(
             f"message has {len(frames)} frames; expected 2 ([topic, payload]) or 1 (single frame)"
         )
-    cls = _TOPICS.get(topic)
-    if cls is None:
-        raise ProtocolError(
-            f"unknown topic {topic!r}; expected {TOPIC_DECODE!r}, {TOPIC_STATUS!r} or "
-            f"{TOPIC_PREVIEW!r}"
-        )
+    try:
+        base, stream_id = split_topic(topic)
+    except UnicodeDecodeError:
+        raise ProtocolError(f"topic {topic!r} is not UTF-8") from None
+    cls = _TOPICS[base]
     try:
         data = json.loads(payload, parse_constant=_reject_constant)
     except ProtocolError:
@@ -544,7 +581,13 @@ def decode(frames: bytes | Sequence[bytes]) -> Message:
         raise ProtocolError(
             f"{topic.decode()} payload is a JSON {type(data).__name__}, not an object"
         )
-    return from_dict(data, expected=cls)
+    msg = from_dict(data, expected=cls)
+    if msg.stream_id != stream_id:
+        raise ProtocolError(
+            f"topic {topic!r} carries a payload with stream_id={msg.stream_id!r}; a message's "
+            "topic ends with .<stream_id> exactly when its payload names one"
+        )
+    return msg
 
 
 def from_dict(data: Mapping[str, Any], expected: type[Message] | None = None) -> Message:
@@ -663,6 +706,7 @@ _FIELD_TYPES: dict[type, dict[str, Any]] = {
         "out_of_range_channels": _is_int,
         "gap_in_window": _is_bool,
         "invalid_reason": _nullable(_is_str),
+        "stream_id": _nullable(_is_str),
     },
     StatusMessage: {
         "seq": _is_int,
@@ -696,6 +740,7 @@ _FIELD_TYPES: dict[type, dict[str, Any]] = {
         "error": _nullable(_is_str),
         "error_detail": _nullable(_is_str),
         "invalid_decodes": _is_int,
+        "stream_id": _nullable(_is_str),
     },
     PreviewMessage: {
         "seq": _is_int,
@@ -709,6 +754,7 @@ _FIELD_TYPES: dict[type, dict[str, Any]] = {
         "flat": _list_of(_is_bool),
         "out_of_range": _list_of(_is_bool),
         "filled": _list_of(_is_bool),
+        "stream_id": _nullable(_is_str),
     },
 }
 # Every 1.0 field is required; fields added by a later 1.x are optional when reading (a
@@ -720,6 +766,7 @@ _OPTIONAL = frozenset(
         *("lag_ms", "stale_windows", "refused_windows", "error", "error_detail"),  # 1.2
         *("valid", "repaired_share", "flat_channels", "out_of_range_channels"),  # 1.2
         *("gap_in_window", "invalid_reason", "invalid_decodes"),  # 1.2
+        "stream_id",  # 1.4
     }
 )
 _TOPICS = {
@@ -729,6 +776,15 @@ _TOPICS = {
 }
 _TOPIC_OF = {cls: topic for topic, cls in _TOPICS.items()}
 _TYPES = {"decode": DecodeMessage, "status": StatusMessage, "preview": PreviewMessage}
+
+
+def _check_stream_id(msg: Any) -> None:
+    sid = msg.stream_id
+    if sid is not None and not (isinstance(sid, str) and STREAM_ID.fullmatch(sid)):
+        raise ProtocolError(
+            f"{type(msg).__name__}.stream_id={sid!r} must be 1-64 letters, digits, '_' or '-' "
+            "(it ends the topic, so no dots or spaces)"
+        )
 
 
 def _set_counts(obj: Any, *names: str) -> None:

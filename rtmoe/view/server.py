@@ -64,6 +64,7 @@ from rtmoe.transport import (
     ProtocolError,
     decode,
 )
+from rtmoe.transport.messages import STREAM_ID
 from rtmoe.transport.publisher import is_loopback_address
 
 DEFAULT_PORT = 8765
@@ -162,6 +163,10 @@ class ViewServer:
         LSL name of a marker stream (the experiment's cues) to draw on the time axes;
         looked for every 2 s until found (needs pylsl). Its LSL times are clock-corrected,
         so they share the decodes' time base when the runtime runs on this machine.
+    stream : str, optional
+        The stream to show, of a runtime decoding several (protocol 1.4, ``rtmoe stream
+        --lsl A --lsl B``): its topics only. Without it, only a single-stream runtime's
+        messages are shown; another's are counted in ``other_streams``.
     context : zmq.Context, optional
         Defaults to ``zmq.Context.instance()`` (``inproc://`` needs the publisher's).
 
@@ -175,6 +180,8 @@ class ViewServer:
         Decodes missing from ``seq`` (lost between the runtime and this server).
     restarts : int
         Runtime restarts seen (a ``seq`` or ``uptime_s`` going back).
+    other_streams : set of str
+        Stream ids of messages not shown (not ``stream``).
     """
 
     def __init__(
@@ -187,6 +194,7 @@ class ViewServer:
         history_s: float = 30.0,
         hold_timeout_s: float = 60.0,
         markers: str | None = None,
+        stream: str | None = None,
         context: Any = None,
     ) -> None:
         if not allow_remote and not _is_loopback_host(host):
@@ -208,6 +216,8 @@ class ViewServer:
         self.seq_holes = self.restarts = self.pages_lost_events = 0
         self.last_error: str | None = None
         self.markers = markers
+        self.stream = stream
+        self.other_streams: set[str] = set()
         self.markers_received = 0
         self.markers_error: str | None = None
         self._hub = _Hub(history_s)
@@ -233,9 +243,9 @@ class ViewServer:
                 f"cannot connect to zmq_address={zmq_address!r}: {err}; give the runtime's "
                 f"publisher endpoint, e.g. {DEFAULT_ADDRESS}"
             ) from None
-        sock.setsockopt(zmq.SUBSCRIBE, TOPIC_DECODE)
-        sock.setsockopt(zmq.SUBSCRIBE, TOPIC_STATUS)
-        sock.setsockopt(zmq.SUBSCRIBE, TOPIC_PREVIEW)  # protocol 1.3, when the runtime sends it
+        suffix = b"" if stream is None else b"." + stream.encode()
+        for topic in (TOPIC_DECODE, TOPIC_STATUS, TOPIC_PREVIEW):  # preview: 1.3, opt-in
+            sock.setsockopt(zmq.SUBSCRIBE, topic + suffix)
         self._sock = sock
         self._zmq = zmq
         try:
@@ -351,6 +361,10 @@ class ViewServer:
         except ProtocolError as err:
             self.bad_messages += 1
             self.last_error = str(err)
+            return
+        if msg.stream_id != self.stream:  # another stream (or "A1" for "A": a prefix)
+            if msg.stream_id is not None:
+                self.other_streams.add(msg.stream_id)
             return
         payload = frames[-1] if len(frames) == 2 else frames[0].partition(b" ")[2]
         if b"\n" in payload:  # not rtmoe's compact JSON: one line for the event stream
@@ -626,6 +640,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="LSL name of the experiment's marker stream: cues drawn on the time axes",
     )
+    parser.add_argument(
+        "--stream",
+        metavar="ID",
+        help="the stream to show when the runtime decodes several (rtmoe stream --lsl A "
+        "--lsl B: its stream ids, e.g. A)",
+    )
     parser.add_argument("--open", action="store_true", help="open the page in the web browser")
     parser.add_argument("--duration-s", type=float, help="stop after this many seconds")
 
@@ -641,6 +661,11 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--duration-s {args.duration_s:g} must be > 0 seconds (or omitted)")
     if not 0 <= args.port < 65536:
         raise UserError(f"--port {args.port} must be in 0..65535 (0 picks a free port)")
+    if args.stream is not None and not STREAM_ID.fullmatch(args.stream):
+        raise UserError(
+            f"--stream {args.stream!r} is not a stream id (1-64 letters, digits, '_' or '-', "
+            "as rtmoe stream prints them)"
+        )
     try:
         view = ViewServer(
             args.zmq,
@@ -649,6 +674,7 @@ def _run(args: argparse.Namespace) -> int:
             allow_remote=args.allow_remote,
             history_s=args.history_s,
             markers=args.markers,
+            stream=args.stream,
         )
     except OSError as err:
         raise UserError(str(err)) from None
@@ -679,6 +705,12 @@ def _run(args: argparse.Namespace) -> int:
         f"{view.seq_holes} lost, {view.bad_messages} refused",
         flush=True,
     )
+    if view.other_streams:
+        print(
+            f"rtmoe view: the runtime decodes several streams ({sorted(view.other_streams)}); "
+            "show one with --stream ID",
+            flush=True,
+        )
     return 0
 
 
