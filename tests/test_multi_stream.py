@@ -29,7 +29,7 @@ from test_runtime import (  # noqa: E402
 from rtmoe.command import UserError  # noqa: E402
 from rtmoe.plugins.subscriber import Subscriber  # noqa: E402
 from rtmoe.runtime.cli import stream_command  # noqa: E402
-from rtmoe.runtime.multi import MultiRuntime, StreamSpec, stream_id_of  # noqa: E402
+from rtmoe.runtime.multi import MultiRuntime, StreamSpec, read_streams_file, stream_id_of  # noqa: E402
 from rtmoe.transport import DecodeMessage, RuntimeState, StatusMessage, ZmqPublisher  # noqa: E402
 
 
@@ -75,6 +75,9 @@ def test_stream_ids_are_topic_safe_and_distinct():
         MultiRuntime([StreamSpec("A", {}), StreamSpec("A", {})])
     with pytest.raises(UserError, match="letters, digits"):
         MultiRuntime([StreamSpec("a.b", {})])
+    onnx = _cfg(engine="onnx")  # one engine kind, device and publisher for all streams
+    with pytest.raises(UserError, match=r"stream 'B' sets \['engine'\], which all streams"):
+        MultiRuntime([StreamSpec("A", {}), StreamSpec("B", {}, cfg=onnx)], _cfg())
 
 
 def test_windows_due_together_are_one_batch_equal_to_each_streams_own_decode(model_dir):
@@ -182,3 +185,44 @@ def test_cli_refuses_what_several_streams_cannot_do(capsys):
             _cli(stream_command, [*base, *extra])
     with pytest.raises(UserError, match="same stream ids"):
         _cli(stream_command, ["--lsl", "EEG.A", "--lsl", "EEG A"])
+
+
+def test_a_streams_file_sets_each_streams_model_id_and_settings(model_dir, tmp_path, capsys):
+    pushers = [Pusher(MODEL_CHANS, 200.0, duration_s=8.0, seed=s).start() for s in (1, 2)]
+    path = tmp_path / "streams.toml"
+    path.write_text(
+        f'[[stream]]\nlsl = "{pushers[0].name}"\nid = "left"\nmodel = "{model_dir}"\n\n'
+        f'[[stream]]\nlsl = "{pushers[1].name}"\nhop_ms = 200\nfill = "zeros"\nwait_s = "none"\n'
+    )
+    entries = read_streams_file(path, _cfg())
+    assert [e["id"] for e in entries] == ["left", stream_id_of(pushers[1].name)]
+    assert [e["cfg"].hop_ms for e in entries] == [100.0, 200.0]
+    assert entries[1]["cfg"].fill == "zeros" and entries[1]["cfg"].wait_s is None
+    argv = ["--streams", str(path), "--model", str(model_dir), "--engine", "torch"]
+    argv += ["--zmq", "tcp://127.0.0.1:0", "--device", "cpu", "--duration-s", "1.5"]
+    assert _cli(stream_command, argv) == 0
+    for p in pushers:
+        p.kill()
+    out = capsys.readouterr().out
+    for sid in ("left", stream_id_of(pushers[1].name)):
+        (line,) = [x for x in out.splitlines() if x.startswith(f"{sid}: ")]
+        assert int(line.split(": ", 1)[1].split()[0]) > 0, line
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('[[stream]]\nid = "a"\n', 'give the LSL stream name, lsl = "EEG_A"'),
+        ('[[stream]]\nlsl = "A"\nhop = 5\n', r"unknown keys \['hop'\]"),
+        ('[[stream]]\nlsl = "A"\nhop_ms = -5\n', "stream 1: runtime.hop_ms=-5.0 must be > 0"),
+        ('[[stream]]\nlsl = "A"\nhop_ms = "fast"\n', "runtime.hop_ms takes a number"),
+        ('[[stream]]\nlsl = "A"\nengine = "onnx"\n', r"unknown keys \['engine'\]"),  # shared
+        ("[runtime]\nhop_ms = 5\n", r"one \[\[stream\]\] table per stream"),
+        ("[[stream]\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_streams_file_names_the_stream_and_the_fix(tmp_path, text, match):
+    path = tmp_path / "streams.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=match):
+        read_streams_file(path, _cfg())

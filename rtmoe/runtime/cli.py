@@ -15,6 +15,7 @@ import sys
 import threading
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from rtmoe import commands
 from rtmoe.cli import Command, UserError
@@ -73,6 +74,12 @@ def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="LSL name of the EEG stream; repeat to decode several streams in one runtime "
         "(one batched forward; topics rtmoe.decode.<NAME>, docs/protocol.md)",
+    )
+    parser.add_argument(
+        "--streams",
+        metavar="FILE",
+        help="TOML file with one [[stream]] table per stream: lsl = NAME and optionally id, "
+        "model, subject, profile_version and [runtime] fields such as hop_ms or fill",
     )
     parser.add_argument("--lsl-type", help="LSL type of the EEG stream (e.g. EEG)")
     parser.add_argument("--source-id", help="LSL source_id of the EEG stream")
@@ -216,35 +223,62 @@ def check_model_ref(ref: str, flag: str = "--model") -> None:
 def _check_stream_args(args: argparse.Namespace) -> tuple[list[dict], RuntimeConfig, list[str]]:
     """Every check that needs no model, no torch and no LSL: fails in milliseconds.
 
-    Returns one LSL query per stream (several with a repeated ``--lsl``)."""
+    Returns one entry per stream (several with a repeated ``--lsl`` or ``--streams``):
+    ``query`` (LSL), ``id`` (None for a single stream), ``model``, ``subject``,
+    ``profile_version`` (None: the command's) and ``cfg`` (None: the command's)."""
     cfg = config_from_args(args).runtime  # --config/--set/flags; writes the values back
-    names = args.lsl or [None]
-    if len(names) > 1:
-        if args.source_id:
+    if args.streams is not None:
+        if args.lsl or args.lsl_type or args.source_id:
+            raise UserError(
+                f"--streams {args.streams} names the streams; drop --lsl, --lsl-type and "
+                "--source-id"
+            )
+        from rtmoe.runtime.multi import read_streams_file
+
+        entries = [
+            {**e, "query": {"name": e.pop("lsl")}} for e in read_streams_file(args.streams, cfg)
+        ]
+    else:
+        names = args.lsl or [None]
+        if len(names) > 1 and args.source_id:
             raise UserError(
                 "--source-id names one stream; with several --lsl, name each stream by --lsl"
             )
-        if len(set(names)) != len(names):
-            raise UserError(f"--lsl {names}: a stream is named twice; give each stream once")
         from rtmoe.runtime.multi import stream_id_of
 
-        ids = [stream_id_of(name) for name in names]
+        entries = []
+        for name in names:
+            query = {"name": name, "type": args.lsl_type, "source_id": args.source_id}
+            entries.append(
+                {
+                    "query": {k: v for k, v in query.items() if v is not None},
+                    "id": stream_id_of(name) if len(names) > 1 else None,
+                    "model": None,
+                    "subject": None,
+                    "profile_version": None,
+                    "cfg": None,
+                }
+            )
+        if not entries[0]["query"]:
+            raise UserError("give the stream to decode: --lsl NAME (or --lsl-type / --source-id)")
+    if len(entries) > 1:
+        names = [e["query"]["name"] for e in entries]
+        if len(set(names)) != len(names):
+            raise UserError(f"streams {names}: a stream is named twice; give each stream once")
+        ids = [e["id"] for e in entries]
         if len(set(ids)) != len(ids):
             raise UserError(
-                f"--lsl {names} give the same stream ids {ids} (characters other than letters, "
-                "digits, '_' and '-' become '_'); rename a stream"
+                f"streams {names} give the same stream ids {ids} (characters other than "
+                "letters, digits, '_' and '-' become '_'); rename a stream or set its id"
             )
         if any(spec.split(":")[0] == "lsl-out" for spec in args.plugin or ()):
             raise UserError(
-                "--plugin lsl-out with several --lsl: every stream would open an LSL outlet "
+                "--plugin lsl-out with several streams: every stream would open an LSL outlet "
                 "of the same name; decode one stream per process to use lsl-out"
             )
-    queries = []
-    for name in names:
-        query = {"name": name, "type": args.lsl_type, "source_id": args.source_id}
-        queries.append({k: v for k, v in query.items() if v is not None})
-    if not queries[0]:
-        raise UserError("give the stream to decode: --lsl NAME (or --lsl-type / --source-id)")
+    for entry in entries:
+        if entry["model"]:
+            check_model_ref(entry["model"], f"stream {entry['id']!r} model")
     exposed = []
     zmq = check_zmq_address(args.zmq, args.allow_remote)
     if zmq:
@@ -264,7 +298,7 @@ def _check_stream_args(args: argparse.Namespace) -> tuple[list[dict], RuntimeCon
         raise UserError(f"--wait-s {args.wait_s:g} must be >= 0 seconds (omit it to wait on)")
     if not args.max_age_s > 0:
         raise UserError(f"--max-age-s {args.max_age_s:g} must be > 0 seconds")
-    return queries, cfg, exposed
+    return entries, cfg, exposed
 
 
 @contextlib.contextmanager
@@ -311,12 +345,12 @@ def _run_stream(args: argparse.Namespace) -> int:
     try:  # Ctrl-C, SIGTERM or SIGHUP while loading or waiting: a summary and exit 0
         with _interrupt_on_term():
             # Every argument is checked before any model load or LSL resolve.
-            queries, cfg, exposed = _check_stream_args(args)
-            runtime = _start_stream(args, queries, cfg, exposed)
+            streams, cfg, exposed = _check_stream_args(args)
+            runtime = _start_stream(args, streams, cfg, exposed)
     except KeyboardInterrupt:
         print("stopped during start-up (loading or waiting for the stream): 0 decodes", flush=True)
         return 0
-    if len(queries) > 1:
+    if len(streams) > 1:
         return _decode_streams(args, runtime)
     try:
         summary = _decode_stream(args, runtime)
@@ -327,34 +361,53 @@ def _run_stream(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_stream(args: argparse.Namespace, queries: list, cfg: RuntimeConfig, exposed: list):
-    profile = None
-    if args.subject:
-        from rtmoe.profiles import default_profiles_dir, load_profile
+def _start_stream(args: argparse.Namespace, streams: list, cfg: RuntimeConfig, exposed: list):
+    profiles: dict[tuple, Any] = {}
 
-        profiles_dir = args.profiles_dir or default_profiles_dir()
-        profile = load_profile(profiles_dir, args.subject, args.profile_version)
-        if not args.model:
-            check_model_ref(profile.base_model, f"profile {profile.path} base model")
-    model = args.model or (profile.base_model if profile else "default")
+    def profile_of(subject: str | None, version: int | None):
+        if not subject:
+            return None
+        if (subject, version) not in profiles:
+            from rtmoe.profiles import default_profiles_dir, load_profile
+
+            profiles_dir = args.profiles_dir or default_profiles_dir()
+            profile = load_profile(profiles_dir, subject, version)
+            if not args.model:
+                check_model_ref(profile.base_model, f"profile {profile.path} base model")
+            profiles[subject, version] = profile
+        return profiles[subject, version]
+
+    specs = []
+    for entry in streams:
+        subject = entry["subject"] or args.subject
+        version = entry["profile_version"] if entry["subject"] else args.profile_version
+        profile = profile_of(subject, version)
+        model = entry["model"] or args.model or (profile.base_model if profile else "default")
+        specs.append((entry, model, profile))
     _warn_remote(args, exposed)
     from rtmoe.runtime.loop import Runtime
 
     wait = "until it appears" if cfg.wait_s is None else f"up to {cfg.wait_s:g} s"
-    for query in queries:
-        what = " and ".join(f"{k}={v!r}" for k, v in query.items())
+    for entry in streams:
+        what = " and ".join(f"{k}={v!r}" for k, v in entry["query"].items())
         print(f"looking for the LSL stream {what} (waiting {wait}); Ctrl-C stops", flush=True)
-    if len(queries) == 1:
+    if len(streams) == 1:
+        entry, model, profile = specs[0]
         return Runtime(
-            model, queries[0], cfg, cache_dir=args.cache_dir, plugins=args.plugin, profile=profile
-        )
-    from rtmoe.runtime.multi import MultiRuntime, StreamSpec, stream_id_of
+            model, entry["query"], entry["cfg"] or cfg, cache_dir=args.cache_dir,
+            plugins=args.plugin, profile=profile,
+        )  # fmt: skip
+    from rtmoe.runtime.multi import MultiRuntime, StreamSpec
 
-    specs = [
-        StreamSpec(stream_id_of(q["name"]), q, model, profile, tuple(args.plugin or ()))
-        for q in queries
-    ]
-    return MultiRuntime(specs, cfg, cache_dir=args.cache_dir)
+    plugins = tuple(args.plugin or ())
+    return MultiRuntime(
+        [
+            StreamSpec(e["id"], e["query"], model, profile, plugins, cfg=e["cfg"])
+            for e, model, profile in specs
+        ],
+        cfg,
+        cache_dir=args.cache_dir,
+    )
 
 
 def _decode_stream(args: argparse.Namespace, runtime):

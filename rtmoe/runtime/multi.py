@@ -43,6 +43,8 @@ class StreamSpec:
     ``source``: as `Runtime`'s ``stream`` (an LSL query such as ``{"name": "EEG_A"}``, a
     resolved ``pylsl.StreamInfo`` or an open `LslSource`). ``model``: checkpoint folder or
     shipped name. Streams with the same ``model`` and ``profile`` share one engine.
+    ``cfg``: this stream's settings (hop, watchdog, fill, trust thresholds), default the
+    runtime's; the `SHARED` fields must be the runtime's.
     """
 
     stream_id: str
@@ -51,6 +53,11 @@ class StreamSpec:
     profile: Profile | None = None
     plugins: Sequence[str] = ()
     subject_id: str | None = None
+    cfg: RuntimeConfig | None = None
+
+
+#: Settings every stream of one runtime shares: one publisher, one device and engine kind.
+SHARED = ("zmq_address", "allow_remote", "single_frame", "device", "engine")
 
 
 def stream_id_of(name: str) -> str:
@@ -112,6 +119,13 @@ class MultiRuntime:
             )
         if len(set(ids)) != len(ids):
             raise UserError(f"stream ids {ids} repeat; give each stream once")
+        for spec in streams:
+            differ = [k for k in SHARED if spec.cfg and getattr(spec.cfg, k) != getattr(cfg, k)]
+            if differ:
+                raise UserError(
+                    f"stream {spec.stream_id!r} sets {differ}, which all streams of one runtime "
+                    "share (one publisher, one device and engine); set them once for all"
+                )
         self.cfg = cfg
         self._owns_publisher = publisher is None
         self.publisher = publisher or ZmqPublisher(
@@ -144,7 +158,7 @@ class MultiRuntime:
             runtime = Runtime(
                 loaded[key[0]],
                 spec.source,
-                cfg,
+                spec.cfg or cfg,
                 publisher=self.publisher,
                 subject_id=spec.subject_id,
                 cache_dir=cache_dir,
@@ -257,3 +271,71 @@ class MultiRuntime:
             f"{rt.stream_id}: {summary.describe()}"
             for rt, summary in zip(self.runtimes, summaries, strict=True)
         )
+
+
+def read_streams_file(path: str | Path, cfg: RuntimeConfig) -> list[dict[str, Any]]:
+    """The streams of a TOML file (``rtmoe stream --streams FILE``), checked.
+
+    Each ``[[stream]]`` table names ``lsl`` (the LSL stream name) and optionally ``id``
+    (default from the name, `stream_id_of`), ``model``, ``subject``, ``profile_version``
+    and any ``[runtime]`` field except the `SHARED` ones (e.g. ``hop_ms``, ``fill``,
+    ``max_age_s``), which override ``cfg`` for that stream. Returns one dict per stream:
+    ``lsl``, ``id``, ``model``, ``subject``, ``profile_version`` (None where not given)
+    and ``cfg`` (that stream's `RuntimeConfig`).
+    """
+    import dataclasses
+    import tomllib
+
+    from rtmoe.config import ConfigError
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (FileNotFoundError, IsADirectoryError):
+        raise UserError(f"--streams {path} does not exist; check the path") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"--streams {path} is not valid TOML: {err}") from None
+    tables = data.get("stream")
+    if set(data) != {"stream"} or not isinstance(tables, list) or not tables:
+        raise UserError(
+            f'--streams {path}: write one [[stream]] table per stream (with lsl = "NAME"); '
+            f"found {sorted(data)}"
+        )
+    names = {"lsl", "id", "model", "subject", "profile_version"}
+    runtime_fields = {f.name for f in dataclasses.fields(RuntimeConfig)} - set(SHARED)
+    entries = []
+    for i, table in enumerate(tables, 1):
+        where = f"--streams {path}, stream {i}"
+        unknown = sorted(set(table) - names - runtime_fields)
+        if unknown:
+            raise UserError(
+                f"{where}: unknown keys {unknown}; a stream takes {sorted(names)} and the "
+                f"[runtime] fields {sorted(runtime_fields)}"
+            )
+        lsl = table.get("lsl")
+        if not isinstance(lsl, str) or not lsl:
+            raise UserError(f'{where}: give the LSL stream name, lsl = "EEG_A"')
+        for key in ("id", "model", "subject"):
+            if key in table and not isinstance(table[key], str):
+                raise UserError(f"{where}: {key} = {table[key]!r} must be a string")
+        version = table.get("profile_version")
+        if version is not None and (not isinstance(version, int) or version < 1):
+            raise UserError(f"{where}: profile_version = {version!r} must be an integer >= 1")
+        overrides = {  # "none" is TOML's None, as in config files
+            k: None if v == "none" else v for k, v in table.items() if k in runtime_fields
+        }
+        try:
+            stream_cfg = dataclasses.replace(cfg, **overrides)
+        except ConfigError as err:
+            raise UserError(f"{where}: {err}") from None
+        entries.append(
+            {
+                "lsl": lsl,
+                "id": table.get("id") or stream_id_of(lsl),
+                "model": table.get("model"),
+                "subject": table.get("subject"),
+                "profile_version": version,
+                "cfg": stream_cfg,
+            }
+        )
+    return entries
