@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rtmoe.adaptation import recentre_in_order
 from rtmoe.cli import Command
 from rtmoe.config import Config, ConfigError, add_config_arguments, config_from_args
-from rtmoe.errors import BadValueError
+from rtmoe.errors import BadValueError, UserError
 from rtmoe.metrics import classification_metrics, confusion_matrix, regression_metrics
 from rtmoe.models.shipped import load_model
 from rtmoe.models.specmoe import LoadedSpecMoE, TaskConfig
@@ -85,6 +86,7 @@ def evaluate(
     *,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    adapt_s: float = 0.0,
 ) -> Evaluation:
     """Metrics, confusion matrix and gate summaries of a checkpoint on labelled trials.
 
@@ -100,6 +102,10 @@ def evaluate(
         Rate of ``X`` in Hz.
     ch_names : sequence of str, length n_chans
         Must include the checkpoint's electrodes (other channels are ignored).
+    adapt_s : float
+        Session adaptation as live with ``runtime.adapt_s`` (`rtmoe.adaptation`): the
+        trials are taken as consecutive decodes in their order, one window length apart;
+        meaningful only when that is the recording's order. 0: off.
     """
     loaded = load_model(model, device)
     task = loaded.task
@@ -133,6 +139,8 @@ def evaluate(
             None,
         )
     proba = outputs.softmax(dim=1).numpy()
+    if adapt_s > 0:
+        proba = recentre_in_order(proba, adapt_s, task.n_times / loaded.config.signal.sfreq)
     n_classes = len(task.labels)
     with np.errstate(invalid="ignore"):
         per_class = np.stack(
@@ -215,6 +223,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, help="folder for metrics.json and the PNGs (default: beside --model)"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--adapt-s",
+        type=float,
+        default=0.0,
+        help="score with session adaptation as `rtmoe stream --adapt-s` (trials taken as "
+        "consecutive decodes in file order, one window apart; only meaningful if that is "
+        "the recording's order); default 0: off",
+    )
     add_config_arguments(
         parser,
         sections=("signal",),
@@ -246,15 +262,29 @@ def _run(args: argparse.Namespace) -> int:
     tree = config_from_args(args, base=loaded.config, finish=_checkpoint_signal(loaded))
     loaded = dataclasses.replace(loaded, config=tree)
     trials, _ = load_trials(args.dataset, args.data, args.split)
-    result = evaluate(loaded, trials.X, trials.y, trials.sfreq, trials.ch_names, device=args.device)
+    if not args.adapt_s >= 0:
+        raise UserError(f"--adapt-s {args.adapt_s:g} must be >= 0 seconds (0: off)")
+    result = evaluate(
+        loaded,
+        trials.X,
+        trials.y,
+        trials.sfreq,
+        trials.ch_names,
+        device=args.device,
+        adapt_s=args.adapt_s,
+    )
     tag = f"{trials.name}-{args.split}" if args.dataset else trials.name
     out = args.out or args.model.parent / f"{args.model.name}-eval-{tag}"
     out.mkdir(parents=True, exist_ok=True)
-    print(f"{args.model} on {tag} ({len(trials.X)} trials)")
+    adapted = f", session adaptation adapt_s={args.adapt_s:g}" if args.adapt_s else ""
+    print(f"{args.model} on {tag} ({len(trials.X)} trials{adapted})")
     for name, value in result.metrics.items():
         print(f"  {name:18s} {value:.4f}")
     (out / "metrics.json").write_text(
-        json.dumps({"model": str(args.model), "data": tag, **result.metrics}, indent=2)
+        json.dumps(
+            {"model": str(args.model), "data": tag, "adapt_s": args.adapt_s, **result.metrics},
+            indent=2,
+        )
     )
     if result.confusion is not None:
         plot_confusion(result.confusion, result.labels, out / "confusion.png", tag)

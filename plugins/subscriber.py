@@ -125,6 +125,7 @@ class Status:
     error_detail: str | None = None
     invalid_decodes: int = 0
     stream_id: str | None = None
+    adaptation_shift: tuple[float, ...] | None = None
     received_s: float = field(default=math.nan, compare=False)
 
     @property
@@ -224,6 +225,7 @@ _FIELDS: dict[str, dict[str, Callable[[Any], bool]]] = {
         "error_detail": _or_null(_is_str),
         "invalid_decodes": _is_int,
         "stream_id": _or_null(_is_str),
+        "adaptation_shift": _or_null(_list_of(_is_num)),
     },
 }
 # Fields a 1.0 (or 1.1) runtime does not send, and the value they are read as.
@@ -250,6 +252,7 @@ _ADDED_SINCE_1_0: dict[str, Any] = {
     "gap_in_window": False,
     "invalid_reason": None,
     "stream_id": None,  # 1.4: set only by a runtime decoding several streams
+    "adaptation_shift": None,  # 1.4: set only with session adaptation on
 }
 
 
@@ -321,6 +324,8 @@ def parse(frames: bytes | Sequence[bytes], received_s: float = math.nan) -> Mess
     if kind == "status":
         values["disabled_plugins"] = tuple(values["disabled_plugins"])
         values["filled_channels"] = tuple(values["filled_channels"])
+        if values["adaptation_shift"] is not None:
+            values["adaptation_shift"] = tuple(map(float, values["adaptation_shift"]))
         return Status(**values, received_s=received_s)
     if len(values["probabilities"]) != len(values["labels"]) or not values["labels"]:
         raise ProtocolError(

@@ -347,11 +347,21 @@ class RuntimeConfig(Section):
     # each decode, the new samples of every channel averaged down to about this rate (Hz)
     # with per-channel flat/out-of-range flags; 0 publishes none (the default).
     preview_hz: float = 0.0
+    # Unsupervised session adaptation (rtmoe.adaptation.PriorRecentring): the running
+    # mean of the past decodes' centred log-probabilities, with this time constant (s),
+    # is subtracted from each decode; assumes classes about equally frequent over it.
+    # 0: off (the default).
+    adapt_s: float = 0.0
 
     def validate(self) -> None:
         _positive(self, "hop_ms", "stall_timeout_ms", "max_gap_ms", "status_period_s")
         _positive(self, "poll_ms", "max_buflen_s", "resolve_timeout_s", "timing_records")
         _positive(self, "max_age_s", "rate_tolerance", "out_of_range_uv", "flat_uv")
+        if not self.adapt_s >= 0:
+            raise ConfigError(
+                f"runtime.adapt_s={self.adapt_s} must be >= 0 seconds (0: no adaptation; e.g. "
+                "60 to re-centre over the last minute of decodes)"
+            )
         if not 0.0 <= self.preview_hz <= 1000.0:
             raise ConfigError(
                 f"runtime.preview_hz={self.preview_hz} must be in [0, 1000] Hz (0: no preview "

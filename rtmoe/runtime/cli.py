@@ -59,6 +59,7 @@ COMMON_FLAGS = {
 }
 STREAM_FLAGS = {
     **COMMON_FLAGS,
+    "adapt_s": "runtime.adapt_s",
     "allow_remote": "runtime.allow_remote",
     "single_frame": "runtime.single_frame",
     "fill": "runtime.fill",
@@ -114,6 +115,13 @@ def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         default=RuntimeConfig().max_age_s,
         help="never publish a decode whose newest sample is older than this (s; such "
         "windows are counted as stale)",
+    )
+    parser.add_argument(
+        "--adapt-s",
+        type=float,
+        help="unsupervised session adaptation: re-centre the decodes' class bias over this "
+        "many seconds of past decodes (assumes interleaved classes; default off; "
+        "rtmoe.adaptation)",
     )
     parser.add_argument("--subject", help="apply this subject's profile (rtmoe calibrate)")
     parser.add_argument(

@@ -74,6 +74,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
+from rtmoe.adaptation import PriorRecentring
 from rtmoe.config import RuntimeConfig
 from rtmoe.console import StatusLine
 from rtmoe.dsp.spectral import welch_nperseg, welch_psd
@@ -259,6 +260,8 @@ class Runtime:
     error, error_detail : StatusError or None, str or None
         Why the state is ``ERROR`` (as on the status topic).
     last_decode : DecodeMessage or None
+    adaptation : PriorRecentring or None
+        Session adaptation (``cfg.adapt_s`` > 0): published probabilities are corrected.
     """
 
     def __init__(
@@ -315,6 +318,7 @@ class Runtime:
         self.source: LslSource | None = None
         self.preprocessor: SignalChain | None = None
         self.filled_channels: list[str] = []
+        self.adaptation: PriorRecentring | None = None  # set after the setup, when on
         self._lag_now = math.inf  # smallest newest-sample age read in this status period
         self._lag_prev = -math.inf  # ... in the previous one (-inf: none)
         budget_ms = cfg.max_lag_ms if cfg.max_lag_ms is not None else self.hop / self.sfreq * 1e3
@@ -337,6 +341,8 @@ class Runtime:
             if self.source is not None and self.source is not stream:
                 self.source.close()
             raise
+        if cfg.adapt_s > 0:  # session adaptation, one update per published decode
+            self.adaptation = PriorRecentring(len(self.labels), cfg.adapt_s, self.hop / self.sfreq)
         self._max_gap_s = cfg.max_gap_ms * 1e-3
         self._poll_s = cfg.poll_ms * 1e-3
         n_records = cfg.timing_records
@@ -762,6 +768,8 @@ class Runtime:
             self.stale_windows += 1
             self._last_end = end
             return False
+        if self.adaptation is not None:
+            values = self.adaptation(values).tolist()
         valid_kw = self._quality(end, first, last)
         msg = DecodeMessage(
             **valid_kw,
@@ -886,6 +894,9 @@ class Runtime:
                 error_detail=self.error_detail,
                 invalid_decodes=self.invalid_decodes,
                 stream_id=self.stream_id,
+                adaptation_shift=(
+                    None if self.adaptation is None else self.adaptation.shift.tolist()
+                ),
             )
         )
         self._beat_latency = [0.0, 0.0, 0]

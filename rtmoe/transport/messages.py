@@ -286,6 +286,10 @@ class StatusMessage:
     stream_id : str or None
         As in :class:`DecodeMessage` (1.4): each stream of a multi-stream runtime has its
         own status, counters and state.
+    adaptation_shift : sequence of float or None
+        With session adaptation on (``runtime.adapt_s``, 1.4): the log-probability offset
+        per class (parallel to the decodes' ``labels``) that the next decode is corrected
+        by; None when adaptation is off.
     """
 
     seq: int
@@ -320,9 +324,15 @@ class StatusMessage:
     error_detail: str | None = None
     invalid_decodes: int = 0
     stream_id: str | None = None
+    adaptation_shift: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
         _check_stream_id(self)
+        if self.adaptation_shift is not None:
+            shift = tuple(float(v) for v in self.adaptation_shift)
+            if not all(map(math.isfinite, shift)):
+                raise ProtocolError(f"StatusMessage.adaptation_shift={shift} must be finite")
+            object.__setattr__(self, "adaptation_shift", shift)
         if self.error is not None:
             try:
                 object.__setattr__(self, "error", StatusError(self.error))
@@ -741,6 +751,7 @@ _FIELD_TYPES: dict[type, dict[str, Any]] = {
         "error_detail": _nullable(_is_str),
         "invalid_decodes": _is_int,
         "stream_id": _nullable(_is_str),
+        "adaptation_shift": _nullable(_list_of(_is_number)),
     },
     PreviewMessage: {
         "seq": _is_int,
@@ -767,6 +778,7 @@ _OPTIONAL = frozenset(
         *("valid", "repaired_share", "flat_channels", "out_of_range_channels"),  # 1.2
         *("gap_in_window", "invalid_reason", "invalid_decodes"),  # 1.2
         "stream_id",  # 1.4
+        "adaptation_shift",  # 1.4
     }
 )
 _TOPICS = {
