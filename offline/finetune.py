@@ -53,7 +53,8 @@ from rtmoe.config import (
 )
 from rtmoe.errors import BadValueError
 from rtmoe.models.registry import MODEL_SIZES, load_expert, model_config
-from rtmoe.models.spechinet import SpecHiNet
+from rtmoe.models.shipped import SHIPPED_MODELS, load_model
+from rtmoe.models.spechinet import SpecHiNet, SpecHiNetEncoder
 from rtmoe.models.specmoe import (
     SPECMOE_KIND,
     SpecMoE,
@@ -285,8 +286,22 @@ def fold_seed(seed: int, fold: int) -> int:
     return int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
 
 
-def load_experts(paths: Sequence[str | Path]) -> tuple[list[SpecHiNet], Config]:
-    """Pretrained experts and the config of the first; all must share one ModelConfig."""
+def load_experts(
+    paths: Sequence[str | Path],
+) -> tuple[list[SpecHiNet | SpecHiNetEncoder], Config]:
+    """Pretrained experts and the config of the first; all must share one ModelConfig.
+
+    One path may instead name a fine-tuned SpecMoE (a shipped model such as ``default``,
+    or a ``rtmoe finetune --out`` folder): its experts, as its fine-tuning left them.
+    """
+    if len(paths) == 1 and _names_specmoe(paths[0]):
+        loaded = load_model(str(paths[0]))
+        if not isinstance(loaded.model, SpecMoE):
+            raise CheckpointError(
+                f"--experts {paths[0]} is a {loaded.model.n_members}-fold ensemble; take the "
+                "experts of a single model (a checkpoint of finetune.folds = 1)"
+            )
+        return [copy.deepcopy(e) for e in loaded.model.experts], loaded.config
     experts, configs = [], []
     for path in paths:
         experts.append(load_expert(path, kind=EXPERT_KIND))
@@ -297,6 +312,13 @@ def load_experts(paths: Sequence[str | Path]) -> tuple[list[SpecHiNet], Config]:
             f"(sizes {[c.model.name for c in configs]}); use experts pretrained with one size"
         )
     return experts, configs[0]
+
+
+def _names_specmoe(path: str | Path) -> bool:
+    """A shipped model's name, or a checkpoint folder of kind ``specmoe``."""
+    if str(path) in SHIPPED_MODELS and not Path(path).exists():
+        return True
+    return Path(path).is_dir() and load_checkpoint(path).kind == SPECMOE_KIND
 
 
 def _task_config(
@@ -416,8 +438,9 @@ def finetune(
     signal : SignalConfig
         The task's preprocessing; ``sfreq`` and ``unit_uv`` must be the experts'.
     experts : sequence of paths
-        Pretrained expert checkpoints (their number sets ``moe.n_experts``); empty:
-        ``moe.n_experts`` fresh experts of size ``model_name`` ("no pretraining").
+        Pretrained expert checkpoints, or one fine-tuned SpecMoE to start from its experts
+        (`load_experts`); their number sets ``moe.n_experts``. Empty: ``moe.n_experts``
+        fresh experts of size ``model_name`` ("no pretraining").
     cfg : FinetuneConfig
     moe : MoEConfig
         Gate, pooling and head dropout (and the expert count without checkpoints).
@@ -434,8 +457,6 @@ def finetune(
 
     cfg = cfg or FinetuneConfig()
     moe = moe or MoEConfig()
-    if experts:
-        moe = dataclasses.replace(moe, n_experts=len(experts))
     X = np.asarray(X)
     if X.ndim != 3 or X.shape[1] != len(ch_names):
         raise BadValueError(
@@ -466,6 +487,8 @@ def finetune(
         splits = stratified_folds(strata, cfg.folds, cfg.seed, label_map or None)
 
     loaded, base = load_experts(experts) if experts else (None, Config())
+    if loaded is not None:  # their number sets the mixture's
+        moe = dataclasses.replace(moe, n_experts=len(loaded))
     config = _task_config(base, signal, bool(experts), model_name)
     Xp = preprocess_trials(X, sfreq, config.signal)
     task = TaskConfig(
@@ -780,7 +803,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=Path, help="label file: one class name per line")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory")
     parser.add_argument(
-        "--experts", type=Path, nargs="*", default=[], help="pretrained expert checkpoints"
+        "--experts",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="pretrained expert checkpoints (rtmoe pretrain), or one fine-tuned SpecMoE to "
+        "start from its experts: a shipped model name (default) or an rtmoe finetune --out "
+        "folder",
     )
     parser.add_argument(
         "--model-name",

@@ -26,6 +26,7 @@ from rtmoe.offline.finetune import (
     encode_labels,
     finetune,
     init_fresh_batchnorm,
+    load_experts,
     predict,
     stratified_split,
 )
@@ -120,6 +121,25 @@ def test_frozen_epochs_leave_experts_bit_identical(experts, data):
         ours = _expert_weights(frozen.model, k)
         assert source.keys() == ours.keys()  # parameters and BatchNorm statistics
         assert all(torch.equal(source[n], ours[n]) for n in source)
+
+
+def test_a_fine_tuned_specmoe_gives_its_experts(run, data):
+    """--experts FOLDER (or a shipped name) of a fine-tuned SpecMoE: training starts from
+    its experts as fine-tuning left them (frozen here, so they stay bit-identical)."""
+    X, y = data
+    cfg = FinetuneConfig(epochs=1, freeze_epochs=1, batch_size=8, val_fraction=0.25)
+    moe = MoEConfig(n_experts=run.model.n_experts)
+    again = finetune(
+        X, y, SFREQ_IN, CH_NAMES, signal=SIGNAL, experts=[run.checkpoint], cfg=cfg, moe=moe,
+        progress=False,
+    )  # fmt: skip
+    for k in range(run.model.n_experts):
+        source, ours = _expert_weights(run.model, k), _expert_weights(again.model, k)
+        assert source.keys() == ours.keys()
+        assert all(torch.equal(source[n], ours[n]) for n in source)
+    assert again.model.experts[0] is not run.model.experts[0]  # a copy, not the same modules
+    shipped, config = load_experts(["default"])  # the shipped model's three experts
+    assert len(shipped) == 3 and config.model.name == "small"
 
 
 def test_experts_train_after_unfreezing(run, experts, data):
@@ -228,7 +248,7 @@ def test_label_errors(experts, data):
 def test_checkpoint_errors(experts, data, run, tmp_path):
     X, y = data
     with pytest.raises(CheckpointError, match="'specmoe' checkpoint, not the 'spechinet-expert'"):
-        finetune(X, y, SFREQ_IN, CH_NAMES, signal=SIGNAL, experts=[run.checkpoint], cfg=QUICK)
+        finetune(X, y, SFREQ_IN, CH_NAMES, signal=SIGNAL, experts=[run.checkpoint, experts[0]])
     with pytest.raises(CheckpointError, match="not a fine-tuned 'specmoe'"):
         load_specmoe(experts[0])
     other = save_checkpoint(
