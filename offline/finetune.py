@@ -53,7 +53,7 @@ from rtmoe.config import (
 )
 from rtmoe.errors import BadValueError
 from rtmoe.models.registry import MODEL_SIZES, load_expert, model_config
-from rtmoe.models.shipped import SHIPPED_MODELS, load_model
+from rtmoe.models.shipped import SHIPPED_MODELS, load_model, shipped_path
 from rtmoe.models.spechinet import SpecHiNet, SpecHiNetEncoder
 from rtmoe.models.specmoe import (
     SPECMOE_KIND,
@@ -316,9 +316,15 @@ def load_experts(
 
 def _names_specmoe(path: str | Path) -> bool:
     """A shipped model's name, or a checkpoint folder of kind ``specmoe``."""
+    path = _checkpoint_folder(path)
+    return path.is_dir() and load_checkpoint(path).kind == SPECMOE_KIND
+
+
+def _checkpoint_folder(path: str | Path) -> Path:
+    """``path``, or the shipped model's folder when it names one (and is no folder here)."""
     if str(path) in SHIPPED_MODELS and not Path(path).exists():
-        return True
-    return Path(path).is_dir() and load_checkpoint(path).kind == SPECMOE_KIND
+        return shipped_path(str(path))
+    return Path(path)
 
 
 def _task_config(
@@ -489,6 +495,8 @@ def finetune(
     loaded, base = load_experts(experts) if experts else (None, Config())
     if loaded is not None:  # their number sets the mixture's
         moe = dataclasses.replace(moe, n_experts=len(loaded))
+    # Provenance, resolved now: a wrong path must not surface after the training.
+    experts_ids = [checkpoint_identity(_checkpoint_folder(p)) for p in experts]
     config = _task_config(base, signal, bool(experts), model_name)
     Xp = preprocess_trials(X, sfreq, config.signal)
     task = TaskConfig(
@@ -577,7 +585,6 @@ def finetune(
         }
     checkpoint = None
     if out is not None:
-        experts_ids = [checkpoint_identity(p) for p in experts]
         meta = specmoe_meta(task) | meta_fit | {"experts": experts_ids}
         if isinstance(model, SpecMoEEnsemble):
             meta |= ensemble_meta(model)

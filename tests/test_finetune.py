@@ -142,6 +142,17 @@ def test_a_fine_tuned_specmoe_gives_its_experts(run, data):
     assert len(shipped) == 3 and config.model.name == "small"
 
 
+def test_finetune_from_the_shipped_model_records_where_its_experts_came_from(data, tmp_path):
+    X, y = data
+    cfg = FinetuneConfig(epochs=1, freeze_epochs=1, batch_size=8, val_fraction=0.25)
+    result = finetune(
+        X, y, SFREQ_IN, CH_NAMES, signal=SIGNAL, experts=["default"], cfg=cfg,
+        out=tmp_path / "ckpt", progress=False,
+    )  # fmt: skip
+    (source,) = load_checkpoint(result.checkpoint).meta["experts"]
+    assert source["name"] == "default" and result.model.n_experts == 3
+
+
 def test_experts_train_after_unfreezing(run, experts, data):
     assert [h["experts_frozen"] for h in run.history] == [True, True, False]
     X, y = data
