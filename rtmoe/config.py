@@ -114,10 +114,11 @@ class SpectralConfig(Section):
 
     def validate(self) -> None:
         _positive(self, "stft_window_s", "stft_hop_s", "welch_window_s")
-        if self.stft_hop_s > self.stft_window_s:
+        if self.stft_hop_s >= self.stft_window_s:
             raise ConfigError(
-                f"spectral.stft_hop_s={self.stft_hop_s} exceeds spectral.stft_window_s="
-                f"{self.stft_window_s}; frames would leave gaps"
+                f"spectral.stft_hop_s={self.stft_hop_s} is not shorter than spectral."
+                f"stft_window_s={self.stft_window_s}; the masking's inverse STFT needs "
+                "overlapping frames (e.g. a hop of half the window)"
             )
 
 

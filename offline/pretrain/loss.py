@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rtmoe.config import PretrainConfig, SpectralConfig
-from rtmoe.dsp.spectral import stft, stft_params
+from rtmoe.config import PretrainConfig
+from rtmoe.dsp.spectral import frame_params, stft
 from rtmoe.models.spechinet import AUX_FACTORS, SpecHiNetOutput
 
 OUTPUT_NAMES = SpecHiNetOutput._fields  # recon_short, recon_long, aux_up1, aux_up2
@@ -22,12 +22,10 @@ def loss_stft_params(n_times: int, cfg: PretrainConfig) -> tuple[int, int]:
     """Frame length and hop of the spectral loss for an output of ``n_times`` samples.
 
     ``cfg.loss_n_fft`` / ``cfg.loss_hop`` samples (512 / 256), shrunk for shorter outputs
-    by the rule of ``rtmoe.dsp.spectral.stft_params`` (largest even ``n_fft <= n_times``,
+    by the rule of ``rtmoe.dsp.spectral.frame_params`` (largest even ``n_fft <= n_times``,
     same hop ratio).
     """
-    # stft_params works in seconds; at sfreq = 1 seconds are samples.
-    spectral = SpectralConfig(stft_window_s=cfg.loss_n_fft, stft_hop_s=cfg.loss_hop)
-    return stft_params(n_times, 1.0, spectral)
+    return frame_params(n_times, cfg.loss_n_fft, cfg.loss_hop)
 
 
 def output_loss(pred: torch.Tensor, target: torch.Tensor, cfg: PretrainConfig) -> torch.Tensor:

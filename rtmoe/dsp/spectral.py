@@ -47,9 +47,14 @@ def stft_params(n_times: int, sfreq: float, cfg: SpectralConfig) -> tuple[int, i
     n_fft, hop : int
         Frame length and hop in samples.
     """
-    _check_n_times(n_times)
     n_fft = max(2, round(cfg.stft_window_s * sfreq))
-    hop = max(1, round(cfg.stft_hop_s * sfreq))
+    return frame_params(n_times, n_fft, max(1, round(cfg.stft_hop_s * sfreq)))
+
+
+def frame_params(n_times: int, n_fft: int, hop: int) -> tuple[int, int]:
+    """``(n_fft, hop)`` in samples for a window of ``n_times``: as given, or shrunk to the
+    largest even ``n_fft <= n_times`` with the same ``hop / n_fft`` ratio (`stft_params`)."""
+    _check_n_times(n_times)
     if n_fft > n_times:
         ratio = hop / n_fft
         n_fft = _largest_even(n_times)

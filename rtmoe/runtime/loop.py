@@ -553,12 +553,12 @@ class Runtime:
         Due windows that are refused (wrong stream or rate) or skipped (the decoder fell
         behind: only the newest is decoded) are counted here.
         """
+        gaps_before = self.source.n_gaps  # the pull counts this chunk's gap
         t0 = time.perf_counter()
         data, stamps = self.source.pull(wait_s)
         self._pending[0] += (time.perf_counter() - t0) * 1e3
         if stamps.size:
-            gaps_before, pushed_before = self.source.n_gaps, self.ring.n_pushed
-            segments_before = self._n_segments
+            pushed_before, segments_before = self.ring.n_pushed, self._n_segments
             self._ingest(data, stamps)
             if self.source.n_gaps != gaps_before and self._n_segments == segments_before:
                 # A bridged gap, somewhere in what this chunk produced (a longer one
