@@ -471,15 +471,9 @@ def config_hash(obj: Any) -> str:
 
 def load_config(path: str | Path) -> Config:
     """Read a TOML file holding any subset of the sections; the rest are defaults."""
-    path = Path(path)
+    data = read_toml(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; check the path") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
-    try:
-        return from_dict(Config, _none_from_toml(data))
+        return from_dict(Config, data)
     except ConfigError as err:
         raise ConfigError(f"config file {path}: {err}") from None
 
@@ -497,10 +491,16 @@ def _none_to_toml(data: dict) -> dict:
 
 
 def _none_from_toml(data: dict) -> dict:
-    return {
-        k: _none_from_toml(v) if isinstance(v, dict) else (None if v == "none" else v)
-        for k, v in data.items()
-    }
+    """``"none"`` values as None, in tables and in arrays of tables (``[[stream]]``)."""
+
+    def value(v: Any) -> Any:
+        if isinstance(v, dict):
+            return _none_from_toml(v)
+        if isinstance(v, list) and v and all(isinstance(t, dict) for t in v):
+            return [_none_from_toml(t) for t in v]
+        return None if v == "none" else v
+
+    return {k: value(v) for k, v in data.items()}
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -725,7 +725,7 @@ def resolve_config(
     items: list[tuple[str, str, Any, str]] = []
     if config_file is not None:
         where = f"--config {config_file}"
-        for section, table in _read_toml(config_file).items():
+        for section, table in read_toml(config_file).items():
             _section_class(section, where)
             if not isinstance(table, dict):
                 raise ConfigError(
@@ -763,7 +763,9 @@ def format_config(config: Config, sections: Sequence[str] | None = None) -> str:
     return tomli_w.dumps(data)
 
 
-def _read_toml(path: str | Path) -> dict[str, Any]:
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML settings file, ``"none"`` read as None; a ConfigError names a missing or
+    malformed file."""
     path = Path(path)
     try:
         return _none_from_toml(tomllib.loads(path.read_text()))

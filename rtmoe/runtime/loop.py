@@ -586,12 +586,12 @@ class Runtime:
     @property
     def timings(self) -> np.ndarray:
         """Per-decode stage times (ms), oldest first, shape (n_kept, len(STAGES))."""
-        return self._kept(self._timings)
+        return kept_rows(self._timings, self.decodes)
 
     @property
     def latencies_ms(self) -> np.ndarray:
         """``latency_ms`` of the kept decodes, oldest first, shape (n_kept,)."""
-        return self._kept(self._latencies)
+        return kept_rows(self._latencies, self.decodes)
 
     def summary(self) -> RunSummary:
         lat = self.latencies_ms
@@ -904,11 +904,14 @@ class Runtime:
         self._lag_now = math.inf
         self.status_seq += 1
 
-    def _kept(self, records: np.ndarray) -> np.ndarray:
-        n = records.shape[0]
-        if self.decodes <= n:
-            return records[: self.decodes].copy()
-        return np.roll(records, -(self.decodes % n), axis=0)
+
+def kept_rows(records: np.ndarray, n_written: int) -> np.ndarray:
+    """The rows of a ring of per-event records, oldest first, after ``n_written`` writes
+    (row ``i % len(records)`` holds event ``i``; the newest ``len(records)`` are kept)."""
+    n = records.shape[0]
+    if n_written <= n:
+        return records[:n_written].copy()
+    return np.roll(records, -(n_written % n), axis=0)
 
 
 def stop_on_signals(stop: Callable[[], None]) -> Callable[[], None]:

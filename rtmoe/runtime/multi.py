@@ -31,7 +31,14 @@ from rtmoe.config import RuntimeConfig
 from rtmoe.console import StatusLine
 from rtmoe.models.shipped import load_model
 from rtmoe.profiles import Profile
-from rtmoe.runtime.loop import RunSummary, Runtime, Window, resolve_device, stop_on_signals
+from rtmoe.runtime.loop import (
+    RunSummary,
+    Runtime,
+    Window,
+    kept_rows,
+    resolve_device,
+    stop_on_signals,
+)
 from rtmoe.transport import ZmqPublisher
 from rtmoe.transport.messages import STREAM_ID
 
@@ -65,7 +72,7 @@ def stream_id_of(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "stream"
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: the key of the windows due in a cycle
 class _Group:
     """Runtimes sharing one engine, and the batch buffers their windows are stacked in."""
 
@@ -183,7 +190,7 @@ class MultiRuntime:
     def step(self) -> int:
         """One cycle over every stream: pull, preprocess, then decode the due windows,
         one forward per shared engine. Returns the number of decodes published."""
-        due: dict[int, list[tuple[Runtime, Window]]] = {}
+        due: dict[_Group, list[tuple[Runtime, Window]]] = {}
         arrived = False
         for runtime in self.runtimes:
             before = runtime.source.n_samples
@@ -191,10 +198,9 @@ class MultiRuntime:
             arrived |= runtime.source.n_samples != before
             window = runtime._window(end) if end is not None else None
             if window is not None:
-                due.setdefault(id(self._group_of[runtime.stream_id]), []).append((runtime, window))
+                due.setdefault(self._group_of[runtime.stream_id], []).append((runtime, window))
         published, engine_s = 0, 0.0
-        for items in due.values():
-            group = self._group_of[items[0][0].stream_id]
+        for group, items in due.items():
             t0 = time.perf_counter()
             if len(items) == 1:
                 runtime, window = items[0]
@@ -221,10 +227,7 @@ class MultiRuntime:
 
     @property
     def cycles(self) -> np.ndarray:
-        n = self._cycles.shape[0]
-        if self._n_cycles <= n:
-            return self._cycles[: self._n_cycles].copy()
-        return np.roll(self._cycles, -(self._n_cycles % n), axis=0)
+        return kept_rows(self._cycles, self._n_cycles)
 
     def run(self, duration_s: float | None = None, console: bool = False) -> list[RunSummary]:
         """Decode until `stop`, a signal or ``duration_s``; one summary per stream."""
@@ -284,17 +287,14 @@ def read_streams_file(path: str | Path, cfg: RuntimeConfig) -> list[dict[str, An
     and ``cfg`` (that stream's `RuntimeConfig`).
     """
     import dataclasses
-    import tomllib
 
-    from rtmoe.config import ConfigError
+    from rtmoe.config import ConfigError, read_toml
 
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except (FileNotFoundError, IsADirectoryError):
-        raise UserError(f"--streams {path} does not exist; check the path") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"--streams {path} is not valid TOML: {err}") from None
+        data = read_toml(path)
+    except ConfigError as err:
+        raise UserError(f"--streams: {err}") from None
     tables = data.get("stream")
     if set(data) != {"stream"} or not isinstance(tables, list) or not tables:
         raise UserError(
@@ -321,9 +321,7 @@ def read_streams_file(path: str | Path, cfg: RuntimeConfig) -> list[dict[str, An
         version = table.get("profile_version")
         if version is not None and (not isinstance(version, int) or version < 1):
             raise UserError(f"{where}: profile_version = {version!r} must be an integer >= 1")
-        overrides = {  # "none" is TOML's None, as in config files
-            k: None if v == "none" else v for k, v in table.items() if k in runtime_fields
-        }
+        overrides = {k: v for k, v in table.items() if k in runtime_fields}
         try:
             stream_cfg = dataclasses.replace(cfg, **overrides)
         except ConfigError as err:
