@@ -43,6 +43,7 @@ from rtmoe.checkpoint import (
 )
 from rtmoe.cli import Command, UserError
 from rtmoe.config import (
+    CHANNEL_POOLS,
     Config,
     FinetuneConfig,
     MoEConfig,
@@ -879,8 +880,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-psd-gate", action="store_true", help="ablation: plain concat")
     parser.add_argument(
         "--channel-pool",
-        choices=("mean", "max"),
+        choices=CHANNEL_POOLS,
         help=f"default: --config's [moe] ({moe.channel_pool})",
+    )
+    parser.add_argument(
+        "--time-segments",
+        type=int,
+        help="average the expert features over K consecutive parts of the window (1: the "
+        f"whole window, the paper's head); default: --config's [moe] ({moe.time_segments})",
     )
     parser.add_argument(
         "--device",
@@ -918,6 +925,7 @@ FINETUNE_FLAGS = {
     "max_minutes": "finetune.max_minutes",
     "n_experts": "moe.n_experts",
     "channel_pool": "moe.channel_pool",
+    "time_segments": "moe.time_segments",
 }
 
 

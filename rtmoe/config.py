@@ -224,19 +224,30 @@ class PretrainConfig(Section):
 
 
 #: How SpecMoE pools electrodes before its head.
-CHANNEL_POOLS: tuple[str, ...] = ("mean", "max")
+CHANNEL_POOLS: tuple[str, ...] = ("mean", "max", "concat")
 
 
 @dataclass(frozen=True)
 class MoEConfig(Section):
-    """SpecMoE architecture around the experts (SPEC §5); the experts use ModelConfig."""
+    """SpecMoE architecture around the experts (SPEC §5); the experts use ModelConfig.
+
+    ``time_segments``: 1 is the paper's head (expert features averaged over the whole
+    window); k > 1 averages them over k consecutive parts of the window instead and the
+    head reads all k, so it sees the time course (one encoder step is 120 samples, so
+    k is at most the window's steps). ``channel_pool``: "mean" (the paper) or "max" over
+    electrodes; "concat" keeps every electrode's features apart, so the head can weigh
+    electrodes by position (a fixed montage; the pooled heads ignore electrode order).
+    """
 
     n_experts: int = 3
     use_psd_gate: bool = True
     channel_pool: str = "mean"
     dropout: float = 0.2
+    time_segments: int = 1
 
     def validate(self) -> None:
+        if self.time_segments < 1:
+            raise ConfigError(f"moe.time_segments={self.time_segments} must be >= 1")
         if self.n_experts < 1:
             raise ConfigError(f"moe.n_experts={self.n_experts} must be >= 1")
         if self.channel_pool not in CHANNEL_POOLS:

@@ -43,11 +43,19 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def _moe(seed: int = 0, channel_pool: str = "mean") -> SpecMoE:
+def _moe(seed: int = 0, channel_pool: str = "mean", time_segments: int = 1) -> SpecMoE:
     """Tiny SpecMoE with three random experts and realistic gate statistics."""
     torch.manual_seed(seed)
     experts = [build_model("tiny", SFREQ) for _ in range(3)]
-    model = SpecMoE(experts, N_CHANS, N_TIMES, SFREQ, N_OUTPUTS, channel_pool=channel_pool)
+    model = SpecMoE(
+        experts,
+        N_CHANS,
+        N_TIMES,
+        SFREQ,
+        N_OUTPUTS,
+        channel_pool=channel_pool,
+        time_segments=time_segments,
+    )
     t = torch.arange(N_TIMES) / SFREQ
     sines = torch.stack([torch.sin(2 * math.pi * f * t) for f in (3, 10, 25, 40)])[None]
     log_psd = gate_input(model.psd(0.2 * sines))
@@ -158,6 +166,17 @@ def test_onnx_engine_matches_eager(onnx_built, model):
     assert key["inputs"][1] == {"name": "psd", "shape": [1, N_CHANS, 101], "dtype": "float32"}
     assert set(key["versions"]) >= {"torch", "onnxruntime", "onnx", "rtmoe"}
     assert sorted(p.name for p in root.iterdir()) == [engine.cache_path.name]
+
+
+@needs_ort
+def test_onnx_engine_matches_eager_with_a_time_segment_head(tmp_path):
+    model = _moe(time_segments=2)  # 240 samples: two encoder steps, one per segment
+    engine = build_engine(model, _window(model, 0), "onnx", tmp_path)
+    x, psd = _window(model, 5)
+    want_probs, want_gates, _ = _eager(model, x, psd)
+    probs, gates = engine(x, psd)
+    torch.testing.assert_close(probs, want_probs, rtol=0, atol=1e-4)
+    torch.testing.assert_close(gates, want_gates, rtol=0, atol=1e-4)
 
 
 @needs_ort

@@ -474,7 +474,7 @@ def _moe_channel_pool():
     # Electrode 1's features lie below electrode 0's everywhere, and both have the same
     # spectrum (equal gates): lowering them further changes a mean, never a max.
     d = _moe().feature_dim
-    a = 1.0 + torch.rand(1, 3, 1, d, generator=torch.Generator().manual_seed(0))
+    a = 1.0 + torch.rand(1, 3, 1, 1, d, generator=torch.Generator().manual_seed(0))
     log_psd = torch.randn(1, 1, _moe().psd_bins).expand(1, 2, -1).contiguous()
     lower, lowest = torch.cat([a, a - 1.0], dim=2), torch.cat([a, a - 3.0], dim=2)
     for overrides, invariant in (((), False), (("moe.channel_pool=max",), True)):
@@ -483,6 +483,25 @@ def _moe_channel_pool():
             y1 = model.forward_head(MoEFeatures(lower, log_psd))
             y2 = model.forward_head(MoEFeatures(lowest, log_psd))
         assert torch.allclose(y1, y2) is invariant
+
+
+@case("moe.time_segments")
+def _moe_time_segments():
+    # A 400-sample window has 4 encoder steps: reversing their order keeps the whole
+    # window's mean (the paper's head) but not the means of its two halves.
+    log_psd = torch.randn(1, 2, _moe().psd_bins, generator=torch.Generator().manual_seed(1))
+    for overrides, invariant in (((), True), (("moe.time_segments=2",), False)):
+        model = _moe(*overrides).eval()
+        shape = (model.n_experts, 1, 2, 4, model.feature_dim)  # expert, batch, C, step, D
+        steps = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            features = [
+                torch.stack([model._segment_means(s.transpose(-1, -2)) for s in order], dim=1)
+                for order in (steps, steps.flip(3))
+            ]
+            y1, y2 = (model.forward_head(MoEFeatures(f, log_psd)) for f in features)
+        assert features[0].shape == (1, model.n_experts, 2, model.time_segments, model.feature_dim)
+        assert torch.allclose(y1, y2, atol=1e-6) is invariant
 
 
 @case("moe.dropout")

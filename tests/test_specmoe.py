@@ -108,6 +108,15 @@ def test_electrode_permutation_invariance(pool):
     torch.testing.assert_close(model(x[:, perm]), model(x), rtol=1e-4, atol=1e-5)
 
 
+def test_concat_pool_keeps_electrodes_apart():
+    # The head reads every electrode's features in montage order: permuting electrodes
+    # changes the decision, and its input is n_chans times as wide as a pooled head's.
+    model = _moe(channel_pool="concat")
+    x = _sines([3, 11, 27]) + 0.05 * torch.randn(2, N_CHANS, N_TIMES)
+    assert not torch.allclose(model(x[:, torch.tensor([2, 0, 1])]), model(x), atol=1e-4)
+    assert model.head[0].normalized_shape == (N_CHANS * 3 * model.feature_dim,)
+
+
 def test_channel_pool_changes_output():
     x = _sines([3, 11, 27])
     assert not torch.allclose(_moe(channel_pool="mean")(x), _moe(channel_pool="max")(x))
@@ -130,7 +139,7 @@ def test_forward_is_forward_head_of_forward_features(use_psd_gate):
     with torch.no_grad():
         for psd in (None, model.psd(x)):
             features = model.forward_features(x, psd)
-            assert features.experts.shape == (3, 2, N_CHANS, model.feature_dim)
+            assert features.experts.shape == (3, 2, N_CHANS, 1, model.feature_dim)
             assert (features.log_psd is None) == (not use_psd_gate)
             assert torch.equal(model.forward_head(features), model(x, psd))
             logits, gates = model.forward_head(features, return_gates=True)
@@ -162,6 +171,25 @@ def test_short_window_uses_one_segment():
     model = SpecMoE([build_model("tiny", SFREQ)], 28, 100, SFREQ, 2).eval()
     assert (model.nperseg, model.psd_bins) == (100, 51)
     assert model(torch.randn(1, 28, 100)).shape == (1, 2)
+
+
+def test_time_segments_average_consecutive_parts_of_the_window():
+    # 480 samples = 4 encoder steps: 3 segments hold steps (0, 1), (2,), (3,).
+    torch.manual_seed(0)
+    experts = [build_model("tiny", SFREQ) for _ in range(2)]
+    model = SpecMoE(experts, N_CHANS, 480, SFREQ, 4, time_segments=3).eval()
+    x = 0.3 * torch.randn(2, N_CHANS, 480, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features = model.forward_features(x)
+        steps = model.experts[1](x)  # (batch, C, D, 4)
+        assert features.experts.shape == (2, 2, N_CHANS, 3, model.feature_dim)
+        for segment, part in enumerate(((0, 1), (2,), (3,))):
+            want = steps[..., list(part)].mean(dim=-1)
+            torch.testing.assert_close(features.experts[:, 1, :, segment], want)
+        assert model.head[0].normalized_shape == (3 * 2 * model.feature_dim,)
+        torch.testing.assert_close(model(x), model.forward_head(features))
+    with pytest.raises(ConfigError, match=r"time_segments=5 exceeds the 4 encoder step"):
+        SpecMoE(experts, N_CHANS, 480, SFREQ, 4, time_segments=5)
 
 
 def test_torch_export_static_shapes():

@@ -2,11 +2,14 @@
 
 For a window ``x (batch, n_chans, n_times)`` in model units::
 
-    h_k = mean_t expert_k.encoder(x)            (batch, n_chans, D)     per electrode
+    h_k = mean_t expert_k.encoder(x)            (batch, n_chans, S, D)  per electrode
     z   = norm(log10(max(PSD(x), floor)))       (batch, n_chans, bins)  per electrode
     g_k = sigmoid(W_k · z + b_k)                (batch, n_chans, D)     per electrode
-    H   = concat_k(h_k ⊙ g_k)                   (batch, n_chans, K·D)
-    logits = head(pool_c H)                     (batch, n_outputs)
+    H   = concat_k(h_k ⊙ g_k)                   (batch, n_chans, S, K·D)
+    logits = head(flatten(pool_c H))            (batch, n_outputs)
+
+``S`` is ``time_segments``: 1 (the paper) averages over the whole window; S > 1 over S
+consecutive parts of it, so the head sees the features' time course.
 
 ``SpecMoE.forward_features`` computes ``h_k`` and ``log10(max(PSD, floor))`` (every
 expert parameter, no other); ``SpecMoE.forward_head`` the rest (gates, fusion, pooling,
@@ -75,7 +78,7 @@ from rtmoe.config import (
     to_dict,
 )
 from rtmoe.dsp.spectral import welch_nperseg, welch_psd
-from rtmoe.models.spechinet import SpecHiNet, SpecHiNetEncoder
+from rtmoe.models.spechinet import TIME_DIVISOR, SpecHiNet, SpecHiNetEncoder
 
 #: Checkpoint kind written by ``rtmoe finetune``.
 SPECMOE_KIND = "specmoe"
@@ -156,8 +159,8 @@ class MoEFeatures(NamedTuple):
 
     Attributes
     ----------
-    experts : Tensor, shape (batch, n_experts, n_chans, feature_dim)
-        Each expert's encoder output averaged over time, per electrode.
+    experts : Tensor, shape (batch, n_experts, n_chans, time_segments, feature_dim)
+        Each expert's encoder output averaged over each time segment, per electrode.
     log_psd : Tensor, shape (batch, n_chans, psd_bins), or None
         :func:`gate_input` of the window's Welch PSD; ``None`` without PSD gates.
     """
@@ -199,10 +202,13 @@ class SpecMoE(nn.Module):
         ``welch_window_s`` sets the Welch segment length (see ``welch_nperseg``).
     use_psd_gate : bool
         False: plain concatenation of the expert features (all gates 1).
-    channel_pool : {"mean", "max"}
-        Pooling of the gated features over electrodes.
+    channel_pool : {"mean", "max", "concat"}
+        Pooling of the gated features over electrodes; "concat" keeps them apart.
     dropout : float
         Dropout of the head.
+    time_segments : int
+        Consecutive parts of the window the features are averaged over (1: the whole
+        window); at most ``ceil(n_times / 120)``, the encoder's steps.
 
     Attributes
     ----------
@@ -226,6 +232,7 @@ class SpecMoE(nn.Module):
         use_psd_gate: bool = True,
         channel_pool: str = "mean",
         dropout: float = 0.2,
+        time_segments: int = 1,
     ) -> None:
         super().__init__()
         encoders = [e.encoder if isinstance(e, SpecHiNet) else e for e in experts]
@@ -240,10 +247,16 @@ class SpecMoE(nn.Module):
                 f"experts have feature_dim {dims}; every expert must have the same size "
                 "(build them from one ModelConfig)"
             )
-        MoEConfig(len(encoders), use_psd_gate, channel_pool, dropout)  # checks the values
+        MoEConfig(len(encoders), use_psd_gate, channel_pool, dropout, time_segments)  # checks
         for name, value in (("n_chans", n_chans), ("n_times", n_times), ("n_outputs", n_outputs)):
             if value < 1:
                 raise ValueError(f"{name}={value} must be >= 1")
+        steps = math.ceil(n_times / TIME_DIVISOR)
+        if time_segments > steps:
+            raise ConfigError(
+                f"moe.time_segments={time_segments} exceeds the {steps} encoder step(s) of a "
+                f"{n_times}-sample window (one per {TIME_DIVISOR} samples); use at most {steps}"
+            )
         self.n_chans, self.n_times, self.sfreq = int(n_chans), int(n_times), float(sfreq)
         self.n_outputs = int(n_outputs)
         self.nperseg = welch_nperseg(self.n_times, self.sfreq, spectral or SpectralConfig())
@@ -251,16 +264,18 @@ class SpecMoE(nn.Module):
         self.feature_dim = dims[0]
         self.use_psd_gate = use_psd_gate
         self.channel_pool = channel_pool
+        self.time_segments = int(time_segments)
         self.experts = nn.ModuleList(encoders)
         width = len(encoders) * self.feature_dim
+        rows = self.time_segments * (self.n_chans if channel_pool == "concat" else 1)
         if use_psd_gate:
             self.gate_norm = nn.BatchNorm1d(self.psd_bins, affine=False)
             self.gates = nn.ModuleList(nn.Linear(self.psd_bins, self.feature_dim) for _ in encoders)
         else:
             self.gate_norm, self.gates = None, None
         self.head = nn.Sequential(
-            nn.LayerNorm(width),
-            nn.Linear(width, width),
+            nn.LayerNorm(rows * width),
+            nn.Linear(rows * width, width),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(width, self.n_outputs),
@@ -323,17 +338,22 @@ class SpecMoE(nn.Module):
         Returns
         -------
         MoEFeatures
-            ``experts (batch, n_experts, n_chans, feature_dim)``: each expert's features
-            averaged over time, per electrode; ``log_psd (batch, n_chans, psd_bins)``:
+            ``experts (batch, n_experts, n_chans, time_segments, feature_dim)``: each
+            expert's features averaged over each time segment, per electrode;
+            ``log_psd (batch, n_chans, psd_bins)``:
             :func:`gate_input` of the PSD (``None`` when ``use_psd_gate`` is False).
         """
         self._check_inputs(x, psd)
         log_psd = None
         if self.gates is not None:
             log_psd = gate_input(self.psd(x) if psd is None else psd)
-        # (batch, n_chans, D, t) -> mean over time, per electrode -> (batch, n_chans, D)
-        experts = torch.stack([e(x).mean(dim=-1) for e in self.experts], dim=1)
+        # (batch, n_chans, D, t) -> mean over each time segment -> (batch, n_chans, S, D)
+        experts = torch.stack([self._segment_means(e(x)) for e in self.experts], dim=1)
         return MoEFeatures(experts, log_psd)
+
+    def _segment_means(self, features: torch.Tensor) -> torch.Tensor:
+        parts = torch.tensor_split(features, self.time_segments, dim=-1)
+        return torch.stack([p.mean(dim=-1) for p in parts], dim=2)
 
     @overload
     def forward_head(
@@ -371,9 +391,14 @@ class SpecMoE(nn.Module):
                 )
             z = self.gate_norm(log_psd.reshape(-1, self.psd_bins)).reshape(log_psd.shape)
             gates = torch.stack([torch.sigmoid(g(z)) for g in self.gates], dim=1)
-        gated = (experts * gates).permute(0, 2, 1, 3).reshape(batch, self.n_chans, -1)
-        pooled = gated.mean(dim=1) if self.channel_pool == "mean" else gated.amax(dim=1)
-        logits = self.head(pooled)
+        # (batch, K, C, S, D) gated per electrode, every segment alike -> (batch, C, S, K·D)
+        gated = (experts * gates.unsqueeze(3)).permute(0, 2, 3, 1, 4)
+        gated = gated.reshape(batch, self.n_chans, self.time_segments, -1)
+        if self.channel_pool == "mean":
+            gated = gated.mean(dim=1)
+        elif self.channel_pool == "max":
+            gated = gated.amax(dim=1)
+        logits = self.head(gated.reshape(batch, -1))
         return (logits, gates) if return_gates else logits
 
     def _check_inputs(self, x: torch.Tensor, psd: torch.Tensor | None) -> None:
@@ -409,7 +434,7 @@ class SpecMoEEnsemble(nn.Module):
     Attributes
     ----------
     n_chans, n_times, sfreq, n_outputs, nperseg, psd_bins, feature_dim, use_psd_gate,
-    channel_pool :
+    channel_pool, time_segments :
         As the members' (:class:`SpecMoE`).
     """
 
@@ -421,7 +446,7 @@ class SpecMoEEnsemble(nn.Module):
                 f"members={[type(m).__name__ for m in members]} must be one or more SpecMoE models"
             )
         names = ("n_chans", "n_times", "sfreq", "n_outputs", "nperseg", "psd_bins")
-        names += ("feature_dim", "n_experts", "use_psd_gate", "channel_pool")
+        names += ("feature_dim", "n_experts", "use_psd_gate", "channel_pool", "time_segments")
         for name in names:
             values = [getattr(m, name) for m in members]
             if len(set(values)) != 1:
@@ -515,6 +540,7 @@ def build_specmoe(
         use_psd_gate=moe.use_psd_gate,
         channel_pool=moe.channel_pool,
         dropout=moe.dropout,
+        time_segments=moe.time_segments,
     )
 
 
