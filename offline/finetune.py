@@ -66,6 +66,7 @@ from rtmoe.models.specmoe import (
     specmoe_meta,
 )
 from rtmoe.offline import commands as offline_commands
+from rtmoe.offline.augment import augment_batch, augments
 from rtmoe.offline.data import add_data_arguments, load_trials
 from rtmoe.signal import preprocess_trials
 
@@ -650,6 +651,7 @@ def _fit(
         optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
     )
     rng = np.random.default_rng(seed)
+    augmented, generator = augments(cfg), torch.Generator(device).manual_seed(seed)
     history: list[dict[str, Any]] = []
     best_key, best_state, best_epoch, best_outputs = None, None, 0, None
     val = torch.from_numpy(val_idx).to(device)
@@ -669,7 +671,11 @@ def _fit(
             rng.permutation(train_idx), max(1, -(-len(train_idx) // cfg.batch_size))
         ):
             idx = torch.from_numpy(batch).to(device)
-            loss = loss_fn(model(x_all[idx], psd_all[idx]), y_all[idx])
+            if augmented:
+                x = augment_batch(x_all[idx], cfg, model.sfreq, generator)
+                loss = loss_fn(model(x), y_all[idx])  # the gates read the augmented PSD
+            else:
+                loss = loss_fn(model(x_all[idx], psd_all[idx]), y_all[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

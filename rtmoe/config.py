@@ -273,6 +273,10 @@ class FinetuneConfig(Section):
     with its epoch picked on its own held-out fold, delivered together as one ensemble
     (mean probabilities); their out-of-fold predictions give the CV estimate, and
     ``val_fraction`` is unused. ``max_minutes`` is then the budget of all k together.
+
+    ``augment_scale`` (sd of the log gain), ``augment_shift_s`` (largest shift, seconds)
+    and ``augment_channel_drop`` (probability per electrode) augment training batches
+    (``rtmoe.offline.augment``); 0 turns each off.
     """
 
     lr: float = 1e-3
@@ -287,8 +291,20 @@ class FinetuneConfig(Section):
     max_minutes: float | None = None
     seed: int = 0
     folds: int = 1
+    augment_scale: float = 0.0
+    augment_shift_s: float = 0.0
+    augment_channel_drop: float = 0.0
 
     def validate(self) -> None:
+        if self.augment_scale < 0 or self.augment_shift_s < 0:
+            raise ConfigError(
+                f"finetune.augment_scale={self.augment_scale} and finetune.augment_shift_s="
+                f"{self.augment_shift_s} must be >= 0 (0: off)"
+            )
+        if not 0 <= self.augment_channel_drop < 1:
+            raise ConfigError(
+                f"finetune.augment_channel_drop={self.augment_channel_drop} must lie in [0, 1)"
+            )
         for name in ("lr", "epochs", "batch_size", "plateau_patience", "folds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"finetune.{name}={getattr(self, name)} must be > 0")

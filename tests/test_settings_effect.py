@@ -48,6 +48,7 @@ from rtmoe.dsp.masking import FREQ, TF, TIME, draw_masks, spectral_mask
 from rtmoe.errors import BadValueError
 from rtmoe.models.registry import build_model
 from rtmoe.models.specmoe import MoEFeatures, SpecMoE, SpecMoEEnsemble, TaskConfig, build_specmoe
+from rtmoe.offline.augment import augment_batch
 from rtmoe.offline.corpus.build import build_corpus
 from rtmoe.offline.corpus.shards import ShardCorpus
 from rtmoe.offline.finetune import finetune
@@ -1089,6 +1090,58 @@ def _finetune_folds(finetuned):
     held_out = np.sort(np.concatenate([f.val_idx for f in two.folds]))
     np.testing.assert_array_equal(held_out, np.arange(16))  # each trial held out once
     assert two.cv is not None and two.oof_outputs.shape == (16, 2)
+
+
+def _augmented(field: str, value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of trials and its copy augmented by ``field=value`` alone."""
+    cfg = _cfg(f"finetune.{field}={value}").finetune
+    x = torch.randn(6, 3, 200, generator=torch.Generator().manual_seed(0))
+    return x, augment_batch(x, cfg, SF, torch.Generator().manual_seed(1))
+
+
+def _augment_changes_training(finetuned, setting: str) -> None:
+    plain, augmented = finetuned.get(), finetuned.get(setting)
+    assert plain.history[0]["train_loss"] != augmented.history[0]["train_loss"]
+    # Validation trials are never augmented: the first epoch is scored the same way.
+    np.testing.assert_array_equal(plain.folds[0].val_idx, augmented.folds[0].val_idx)
+
+
+@case("finetune.augment_scale")
+def _finetune_augment_scale(finetuned):
+    x, out = _augmented("augment_scale", 0.3)
+    gain = out / x  # one gain per trial, the same at every electrode and sample
+    torch.testing.assert_close(gain, gain[:, :1, :1].expand_as(gain))
+    assert len(set(gain[:, 0, 0].tolist())) == 6 and torch.equal(
+        _augmented("augment_scale", 0)[1], x
+    )
+    _augment_changes_training(finetuned, "finetune.augment_scale=0.3")
+
+
+@case("finetune.augment_shift_s")
+def _finetune_augment_shift_s(finetuned):
+    x, out = _augmented("augment_shift_s", 0.05)  # up to 10 samples either way
+    for trial in range(6):
+        # out[j] = x[j - k]: a copy of its own trial moved by one k, edges repeated
+        moved = [
+            k
+            for k in range(-10, 11)
+            if torch.equal(
+                out[trial, :, max(k, 0) : 200 + min(k, 0)],
+                x[trial, :, max(-k, 0) : 200 - max(k, 0)],
+            )
+        ]
+        assert len(moved) == 1
+    assert torch.equal(_augmented("augment_shift_s", 0)[1], x)
+    _augment_changes_training(finetuned, "finetune.augment_shift_s=0.05")
+
+
+@case("finetune.augment_channel_drop")
+def _finetune_augment_channel_drop(finetuned):
+    x, out = _augmented("augment_channel_drop", 0.5)
+    dropped = (out == 0).all(dim=-1)
+    assert 0 < int(dropped.sum()) < 18  # some electrodes of some trials
+    assert torch.equal(out[~dropped], x[~dropped])  # the others untouched
+    _augment_changes_training(finetuned, "finetune.augment_channel_drop=0.5")
 
 
 # -- runtime: the live loop on real LSL outlets and ZeroMQ sockets ---------------------------
