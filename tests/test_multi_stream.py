@@ -29,7 +29,8 @@ from test_runtime import (  # noqa: E402
 from rtmoe.command import UserError  # noqa: E402
 from rtmoe.plugins.subscriber import Subscriber  # noqa: E402
 from rtmoe.runtime.cli import stream_command  # noqa: E402
-from rtmoe.runtime.multi import MultiRuntime, StreamSpec, read_streams_file, stream_id_of  # noqa: E402
+from rtmoe.runtime.multi import MultiRuntime, StreamSpec  # noqa: E402
+from rtmoe.runtime.streams import read_streams_file, stream_id_of  # noqa: E402
 from rtmoe.transport import DecodeMessage, RuntimeState, StatusMessage, ZmqPublisher  # noqa: E402
 
 

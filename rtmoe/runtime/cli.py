@@ -241,7 +241,7 @@ def _check_stream_args(args: argparse.Namespace) -> tuple[list[dict], RuntimeCon
                 f"--streams {args.streams} names the streams; drop --lsl, --lsl-type and "
                 "--source-id"
             )
-        from rtmoe.runtime.multi import read_streams_file
+        from rtmoe.runtime.streams import read_streams_file
 
         entries = [
             {**e, "query": {"name": e.pop("lsl")}} for e in read_streams_file(args.streams, cfg)
@@ -252,7 +252,7 @@ def _check_stream_args(args: argparse.Namespace) -> tuple[list[dict], RuntimeCon
             raise UserError(
                 "--source-id names one stream; with several --lsl, name each stream by --lsl"
             )
-        from rtmoe.runtime.multi import stream_id_of
+        from rtmoe.runtime.streams import stream_id_of
 
         entries = []
         for name in names:
