@@ -896,6 +896,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         f"whole window, the paper's head); default: --config's [moe] ({moe.time_segments})",
     )
     parser.add_argument(
+        "--erp-segments",
+        type=int,
+        help="0, or E: the head also reads each electrode's window averaged over E parts "
+        f"(the decimated waveform); default: --config's [moe] ({moe.erp_segments})",
+    )
+    parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="default: %(default)s",
@@ -932,6 +938,7 @@ FINETUNE_FLAGS = {
     "n_experts": "moe.n_experts",
     "channel_pool": "moe.channel_pool",
     "time_segments": "moe.time_segments",
+    "erp_segments": "moe.erp_segments",
 }
 
 

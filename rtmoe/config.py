@@ -237,6 +237,8 @@ class MoEConfig(Section):
     k is at most the window's steps). ``channel_pool``: "mean" (the paper) or "max" over
     electrodes; "concat" keeps every electrode's features apart, so the head can weigh
     electrodes by position (a fixed montage; the pooled heads ignore electrode order).
+    ``erp_segments``: 0, or E > 0 to give the head each electrode's window averaged over
+    E consecutive parts (the decimated waveform; a fixed montage too).
     """
 
     n_experts: int = 3
@@ -244,10 +246,13 @@ class MoEConfig(Section):
     channel_pool: str = "mean"
     dropout: float = 0.2
     time_segments: int = 1
+    erp_segments: int = 0
 
     def validate(self) -> None:
         if self.time_segments < 1:
             raise ConfigError(f"moe.time_segments={self.time_segments} must be >= 1")
+        if self.erp_segments < 0:
+            raise ConfigError(f"moe.erp_segments={self.erp_segments} must be >= 0 (0: off)")
         if self.n_experts < 1:
             raise ConfigError(f"moe.n_experts={self.n_experts} must be >= 1")
         if self.channel_pool not in CHANNEL_POOLS:

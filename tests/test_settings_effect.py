@@ -47,7 +47,14 @@ from rtmoe.config import TEN_TWENTY_19, Config, apply_overrides
 from rtmoe.dsp.masking import FREQ, TF, TIME, draw_masks, spectral_mask
 from rtmoe.errors import BadValueError
 from rtmoe.models.registry import build_model
-from rtmoe.models.specmoe import MoEFeatures, SpecMoE, SpecMoEEnsemble, TaskConfig, build_specmoe
+from rtmoe.models.specmoe import (
+    MoEFeatures,
+    SpecMoE,
+    SpecMoEEnsemble,
+    TaskConfig,
+    build_specmoe,
+    segment_means,
+)
 from rtmoe.offline.augment import augment_batch
 from rtmoe.offline.corpus.build import build_corpus
 from rtmoe.offline.corpus.shards import ShardCorpus
@@ -497,12 +504,34 @@ def _moe_time_segments():
         steps = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             features = [
-                torch.stack([model._segment_means(s.transpose(-1, -2)) for s in order], dim=1)
+                torch.stack(
+                    [
+                        segment_means(s.transpose(-1, -2), model.time_segments).transpose(2, 3)
+                        for s in order
+                    ],
+                    dim=1,
+                )
                 for order in (steps, steps.flip(3))
             ]
             y1, y2 = (model.forward_head(MoEFeatures(f, log_psd)) for f in features)
         assert features[0].shape == (1, model.n_experts, 2, model.time_segments, model.feature_dim)
         assert torch.allclose(y1, y2, atol=1e-6) is invariant
+
+
+@case("moe.erp_segments")
+def _moe_erp_segments():
+    # The head reads the window's segment means only with erp_segments > 0: the same
+    # expert features beside another waveform change the decision then, never before.
+    x = _window()
+    for overrides, reads in (((), False), (("moe.erp_segments=4",), True)):
+        model = _moe(*overrides).eval()
+        with torch.no_grad():
+            features = model.forward_features(x)
+            other = features._replace(erp=None if features.erp is None else features.erp + 1.0)
+            y1, y2 = model.forward_head(features), model.forward_head(other)
+        assert (features.erp is not None) is reads
+        assert (not torch.allclose(y1, y2)) is reads
+    torch.testing.assert_close(features.erp, x.reshape(2, 2, 4, 100).mean(dim=-1))
 
 
 @case("moe.dropout")

@@ -192,6 +192,23 @@ def test_time_segments_average_consecutive_parts_of_the_window():
         SpecMoE(experts, N_CHANS, 480, SFREQ, 4, time_segments=5)
 
 
+def test_erp_segments_feed_the_head_the_decimated_waveform():
+    model = _moe(erp_segments=6)
+    x = _sines([3, 11, 27]) + 0.05 * torch.randn(2, N_CHANS, N_TIMES)
+    features = model.forward_features(x)
+    torch.testing.assert_close(features.erp, x.reshape(2, N_CHANS, 6, 40).mean(dim=-1))
+    assert model.head[0].normalized_shape == (3 * model.feature_dim + N_CHANS * 6,)
+    torch.testing.assert_close(model(x), model.forward_head(features))
+    # The waveform is per electrode: the decision follows the montage order.
+    assert not torch.allclose(model(x[:, torch.tensor([2, 0, 1])]), model(x), atol=1e-5)
+    with pytest.raises(ValueError, match=r"features\.erp is None"):
+        model.forward_head(features._replace(erp=None))
+    with pytest.raises(ConfigError, match="erp_segments=241 exceeds"):
+        _moe(erp_segments=241)
+    exported = torch.export.export(model, (x[:1], model.psd(x[:1])))
+    torch.testing.assert_close(exported.module()(x[:1], model.psd(x[:1])), model(x[:1]))
+
+
 def test_torch_export_static_shapes():
     model = _moe()
     x = _sines([5, 10, 20], batch=1)

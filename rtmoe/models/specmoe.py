@@ -11,6 +11,12 @@ For a window ``x (batch, n_chans, n_times)`` in model units::
 ``S`` is ``time_segments``: 1 (the paper) averages over the whole window; S > 1 over S
 consecutive parts of it, so the head sees the features' time course.
 
+With ``erp_segments = E > 0`` the head also reads the waveform itself: each electrode's
+window averaged over E consecutive parts (the decimated evoked response of classic
+ERP decoders), standardised with training statistics, beside ``flatten(pool_c H)``.
+The experts see spectra and the gates power; slow, phase-locked potentials are what
+neither keeps, and on short trials they carry most of the class information.
+
 ``SpecMoE.forward_features`` computes ``h_k`` and ``log10(max(PSD, floor))`` (every
 expert parameter, no other); ``SpecMoE.forward_head`` the rest (gates, fusion, pooling,
 head), so ``forward = forward_head ∘ forward_features`` (timm's split).
@@ -144,6 +150,16 @@ class TaskConfig(Section):
             raise ConfigError(f"task.labels={self.labels} must name at least two distinct classes")
 
 
+def segment_means(x: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """``x (..., t)`` averaged over ``n_segments`` consecutive parts of its last axis.
+
+    Parts differ in length by at most one step (``torch.tensor_split``); returns
+    ``(..., n_segments)``. Static slices, so it exports with the model.
+    """
+    parts = torch.tensor_split(x, n_segments, dim=-1)
+    return torch.stack([p.mean(dim=-1) for p in parts], dim=-1)
+
+
 def gate_input(psd: torch.Tensor) -> torch.Tensor:
     """Log-density the gates read: ``log10(max(psd, PSD_FLOOR))``, same shape as ``psd``.
 
@@ -163,24 +179,23 @@ class MoEFeatures(NamedTuple):
         Each expert's encoder output averaged over each time segment, per electrode.
     log_psd : Tensor, shape (batch, n_chans, psd_bins), or None
         :func:`gate_input` of the window's Welch PSD; ``None`` without PSD gates.
+    erp : Tensor, shape (batch, n_chans, erp_segments), or None
+        The window averaged over each ERP segment, per electrode; ``None`` without.
     """
 
     experts: torch.Tensor
     log_psd: torch.Tensor | None
+    erp: torch.Tensor | None = None
 
     def take(self, index: torch.Tensor | slice) -> MoEFeatures:
         """The features of the windows ``index`` selects along the batch axis."""
-        return MoEFeatures(
-            self.experts[index], None if self.log_psd is None else self.log_psd[index]
-        )
+        return MoEFeatures(*(None if t is None else t[index] for t in self))
 
     @staticmethod
     def cat(parts: Sequence[MoEFeatures]) -> MoEFeatures:
         """Concatenate batches of features along the batch axis."""
-        log_psd = [p.log_psd for p in parts]
         return MoEFeatures(
-            torch.cat([p.experts for p in parts]),
-            None if log_psd[0] is None else torch.cat(log_psd),
+            *(None if ts[0] is None else torch.cat(ts) for ts in zip(*parts, strict=True))
         )
 
 
@@ -209,6 +224,9 @@ class SpecMoE(nn.Module):
     time_segments : int
         Consecutive parts of the window the features are averaged over (1: the whole
         window); at most ``ceil(n_times / 120)``, the encoder's steps.
+    erp_segments : int
+        0: no waveform input to the head; E > 0: each electrode's window averaged over
+        E consecutive parts joins the head's input (at most ``n_times``).
 
     Attributes
     ----------
@@ -233,6 +251,7 @@ class SpecMoE(nn.Module):
         channel_pool: str = "mean",
         dropout: float = 0.2,
         time_segments: int = 1,
+        erp_segments: int = 0,
     ) -> None:
         super().__init__()
         encoders = [e.encoder if isinstance(e, SpecHiNet) else e for e in experts]
@@ -247,7 +266,9 @@ class SpecMoE(nn.Module):
                 f"experts have feature_dim {dims}; every expert must have the same size "
                 "(build them from one ModelConfig)"
             )
-        MoEConfig(len(encoders), use_psd_gate, channel_pool, dropout, time_segments)  # checks
+        MoEConfig(  # checks the values
+            len(encoders), use_psd_gate, channel_pool, dropout, time_segments, erp_segments
+        )
         for name, value in (("n_chans", n_chans), ("n_times", n_times), ("n_outputs", n_outputs)):
             if value < 1:
                 raise ValueError(f"{name}={value} must be >= 1")
@@ -257,6 +278,10 @@ class SpecMoE(nn.Module):
                 f"moe.time_segments={time_segments} exceeds the {steps} encoder step(s) of a "
                 f"{n_times}-sample window (one per {TIME_DIVISOR} samples); use at most {steps}"
             )
+        if erp_segments > n_times:
+            raise ConfigError(
+                f"moe.erp_segments={erp_segments} exceeds the window's {n_times} samples"
+            )
         self.n_chans, self.n_times, self.sfreq = int(n_chans), int(n_times), float(sfreq)
         self.n_outputs = int(n_outputs)
         self.nperseg = welch_nperseg(self.n_times, self.sfreq, spectral or SpectralConfig())
@@ -264,7 +289,7 @@ class SpecMoE(nn.Module):
         self.feature_dim = dims[0]
         self.use_psd_gate = use_psd_gate
         self.channel_pool = channel_pool
-        self.time_segments = int(time_segments)
+        self.time_segments, self.erp_segments = int(time_segments), int(erp_segments)
         self.experts = nn.ModuleList(encoders)
         width = len(encoders) * self.feature_dim
         rows = self.time_segments * (self.n_chans if channel_pool == "concat" else 1)
@@ -273,9 +298,12 @@ class SpecMoE(nn.Module):
             self.gates = nn.ModuleList(nn.Linear(self.psd_bins, self.feature_dim) for _ in encoders)
         else:
             self.gate_norm, self.gates = None, None
+        n_erp = self.n_chans * self.erp_segments
+        # Standardised by training statistics: model units are not the ERP's scale.
+        self.erp_norm = nn.BatchNorm1d(n_erp, affine=False) if n_erp else None
         self.head = nn.Sequential(
-            nn.LayerNorm(rows * width),
-            nn.Linear(rows * width, width),
+            nn.LayerNorm(rows * width + n_erp),
+            nn.Linear(rows * width + n_erp, width),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(width, self.n_outputs),
@@ -348,12 +376,11 @@ class SpecMoE(nn.Module):
         if self.gates is not None:
             log_psd = gate_input(self.psd(x) if psd is None else psd)
         # (batch, n_chans, D, t) -> mean over each time segment -> (batch, n_chans, S, D)
-        experts = torch.stack([self._segment_means(e(x)) for e in self.experts], dim=1)
-        return MoEFeatures(experts, log_psd)
-
-    def _segment_means(self, features: torch.Tensor) -> torch.Tensor:
-        parts = torch.tensor_split(features, self.time_segments, dim=-1)
-        return torch.stack([p.mean(dim=-1) for p in parts], dim=2)
+        experts = torch.stack(
+            [segment_means(e(x), self.time_segments).transpose(2, 3) for e in self.experts], dim=1
+        )
+        erp = segment_means(x, self.erp_segments) if self.erp_segments else None
+        return MoEFeatures(experts, log_psd, erp)
 
     @overload
     def forward_head(
@@ -379,7 +406,7 @@ class SpecMoE(nn.Module):
         gates : Tensor, shape (batch, n_experts, n_chans, feature_dim)
             Only with ``return_gates=True``; as in :meth:`forward_with_gates`.
         """
-        experts, log_psd = features
+        experts, log_psd, erp = features
         batch = experts.shape[0]
         if self.gates is None:
             gates = experts.new_ones(batch, self.n_experts, self.n_chans, self.feature_dim)
@@ -398,7 +425,15 @@ class SpecMoE(nn.Module):
             gated = gated.mean(dim=1)
         elif self.channel_pool == "max":
             gated = gated.amax(dim=1)
-        logits = self.head(gated.reshape(batch, -1))
+        head_input = gated.reshape(batch, -1)
+        if self.erp_norm is not None:
+            if erp is None:
+                raise ValueError(
+                    "features.erp is None but this model reads the waveform "
+                    "(erp_segments > 0); pass the output of this model's forward_features"
+                )
+            head_input = torch.cat([head_input, self.erp_norm(erp.reshape(batch, -1))], dim=1)
+        logits = self.head(head_input)
         return (logits, gates) if return_gates else logits
 
     def _check_inputs(self, x: torch.Tensor, psd: torch.Tensor | None) -> None:
@@ -434,7 +469,7 @@ class SpecMoEEnsemble(nn.Module):
     Attributes
     ----------
     n_chans, n_times, sfreq, n_outputs, nperseg, psd_bins, feature_dim, use_psd_gate,
-    channel_pool, time_segments :
+    channel_pool, time_segments, erp_segments :
         As the members' (:class:`SpecMoE`).
     """
 
@@ -447,6 +482,7 @@ class SpecMoEEnsemble(nn.Module):
             )
         names = ("n_chans", "n_times", "sfreq", "n_outputs", "nperseg", "psd_bins")
         names += ("feature_dim", "n_experts", "use_psd_gate", "channel_pool", "time_segments")
+        names += ("erp_segments",)
         for name in names:
             values = [getattr(m, name) for m in members]
             if len(set(values)) != 1:
@@ -541,6 +577,7 @@ def build_specmoe(
         channel_pool=moe.channel_pool,
         dropout=moe.dropout,
         time_segments=moe.time_segments,
+        erp_segments=moe.erp_segments,
     )
 
 
