@@ -345,6 +345,21 @@ def _task_config(
     return Config().replace(signal=signal, model=model_config(model_name))
 
 
+def data_unit_uv(x_uv: np.ndarray) -> float:
+    """Model unit of trials ``x_uv (n_trials, n_chans, n_times)`` in µV (``unit_from_data``).
+
+    The median over trials and electrodes of the within-trial standard deviation, to three
+    significant digits: offsets and a few bad electrodes do not move it.
+    """
+    sd = float(np.median(x_uv.std(axis=-1)))
+    if not np.isfinite(sd) or sd <= 0:
+        raise BadValueError(
+            f"the trials' median standard deviation is {sd:g}: the data are flat; check the "
+            "recording, or set finetune.unit_from_data = false and a signal.unit_uv"
+        )
+    return float(f"{sd:.3g}")
+
+
 @torch.no_grad()
 def init_fresh_batchnorm(
     model: SpecMoE, x: torch.Tensor, psd: torch.Tensor, batch_size: int
@@ -501,6 +516,10 @@ def finetune(
     experts_ids = [checkpoint_identity(_checkpoint_folder(p)) for p in experts]
     config = _task_config(base, signal, bool(experts), model_name)
     Xp = preprocess_trials(X, sfreq, config.signal)
+    if cfg.unit_from_data and not experts:
+        unit_uv = data_unit_uv(Xp * config.signal.unit_uv)
+        Xp = (Xp * (config.signal.unit_uv / unit_uv)).astype(np.float32)
+        config = config.replace(signal={"unit_uv": unit_uv})
     task = TaskConfig(
         name=task_name,
         ch_names=tuple(ch_names),
@@ -751,8 +770,11 @@ def check_filters_below_nyquist(signal: SignalConfig, sfreq: float) -> None:
         )
 
 
-def describe_filters(signal: SignalConfig) -> str:
-    """One line naming the preprocessing, e.g. ``high-pass 0.3 Hz, low-pass none, ...``."""
+def describe_filters(signal: SignalConfig, *, unit: bool = True) -> str:
+    """One line naming the preprocessing, e.g. ``high-pass 0.3 Hz, low-pass none, ...``.
+
+    ``unit=False`` leaves out the model unit (before ``unit_from_data`` has set it).
+    """
 
     def hz(value: float | None) -> str:
         return "none" if value is None else f"{value:g} Hz"
@@ -760,7 +782,7 @@ def describe_filters(signal: SignalConfig) -> str:
     return (
         f"high-pass {hz(signal.l_freq)}, low-pass {hz(signal.h_freq)}, notch "
         f"{hz(signal.notch_freq)}, resampled to {signal.sfreq:g} Hz"
-    )
+    ) + (f", model unit {signal.unit_uv:g} µV" if unit else "")
 
 
 def describe_cv(result: FinetuneResult) -> str:
@@ -986,7 +1008,7 @@ def _run(args: argparse.Namespace) -> int:
                 f"{expert_config.model.name!r}; drop --model-name or pass experts of that size"
             )
     source = args.config.name if args.config else recipe_path().name
-    print(f"filters: {describe_filters(signal)} (from {source} and options)")
+    print(f"filters: {describe_filters(signal, unit=False)} (from {source} and options)")
     result = finetune(
         trials.X,
         trials.y,

@@ -282,6 +282,12 @@ class FinetuneConfig(Section):
     ``augment_scale`` (sd of the log gain), ``augment_shift_s`` (largest shift, seconds)
     and ``augment_channel_drop`` (probability per electrode) augment training batches
     (``rtmoe.offline.augment``); 0 turns each off.
+
+    ``unit_from_data``: fresh experts take ``signal.unit_uv`` from the training trials
+    (the median over trials and electrodes of the within-trial sd, after filtering), so
+    the model sees unit-scale inputs whatever the recording's units (µV, fT, counts);
+    the value is saved with the model and the live chain divides by it. Pretrained
+    experts keep their pretraining unit.
     """
 
     lr: float = 1e-3
@@ -299,6 +305,7 @@ class FinetuneConfig(Section):
     augment_scale: float = 0.0
     augment_shift_s: float = 0.0
     augment_channel_drop: float = 0.0
+    unit_from_data: bool = False
 
     def validate(self) -> None:
         if self.augment_scale < 0 or self.augment_shift_s < 0:

@@ -934,6 +934,7 @@ def _trials(counts=(8, 8), n_times: int = 200, seed: int = 0):
 
 
 DATA = {"balanced": _trials(), "imbalanced": _trials((12, 4)), "long": _trials(n_times=400)}
+DATA["balanced, in mV"] = (DATA["balanced"][0] / 1000, DATA["balanced"][1])
 
 
 class FinetuneRuns:
@@ -1119,6 +1120,26 @@ def _finetune_folds(finetuned):
     held_out = np.sort(np.concatenate([f.val_idx for f in two.folds]))
     np.testing.assert_array_equal(held_out, np.arange(16))  # each trial held out once
     assert two.cv is not None and two.oof_outputs.shape == (16, 2)
+
+
+@case("finetune.unit_from_data")
+def _finetune_unit_from_data(finetuned):
+    # The same trials in µV and in mV: a fixed unit gives the model inputs 1000x apart;
+    # the unit from the data gives the same inputs, so the same training.
+    fixed = [finetuned.get(data=d) for d in ("balanced", "balanced, in mV")]
+    auto = [
+        finetuned.get("finetune.unit_from_data=true", data=d)
+        for d in ("balanced", "balanced, in mV")
+    ]
+    assert fixed[0].config.signal.unit_uv == fixed[1].config.signal.unit_uv == 100.0
+    assert fixed[0].history[0]["train_loss"] != pytest.approx(
+        fixed[1].history[0]["train_loss"], rel=1e-3
+    )
+    unit_uv, unit_mv = (r.config.signal.unit_uv for r in auto)
+    assert unit_uv == pytest.approx(1000 * unit_mv, rel=1e-2) and 5 < unit_uv < 50
+    assert auto[0].history[0]["train_loss"] == pytest.approx(
+        auto[1].history[0]["train_loss"], rel=1e-2
+    )
 
 
 def _augmented(field: str, value: float) -> tuple[torch.Tensor, torch.Tensor]:
