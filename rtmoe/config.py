@@ -423,7 +423,7 @@ class RuntimeConfig(Section):
                 f"runtime.fill={self.fill!r} must be 'error' or 'zeros' (flat channels for "
                 "missing electrodes)"
             )
-        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(
                 f"runtime.device={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
             )

@@ -46,6 +46,7 @@ BAD = [
     (["--duration-s", "0"], ["--duration-s 0 must be > 0"]),
     (["--profile-version", "2"], ["--profile-version needs --subject"]),
     (["--device", "gpu"], ["--device 'gpu'"]),
+    (["--device", "mps"], ["--device 'mps'", "'auto', 'cpu', 'cuda' or 'cuda:N'"]),
     (["--hop-ms", "-5"], ["hop_ms=-5"]),
     # --set and --config are resolved and validated first (rtmoe.config.config_from_args)
     (["--set", "runtime.rate_tolerance=fast"], ["runtime.rate_tolerance takes a number"]),

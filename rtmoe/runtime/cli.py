@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import signal
 import sys
 import threading
@@ -142,9 +141,6 @@ def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         "lsl-out); repeat to chain, in order; see docs/plugins.md",
     )
     add_config_arguments(parser, sections=("runtime",), flags=STREAM_FLAGS)
-
-
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def check_zmq_address(address: str, allow_remote: bool) -> str | None:
@@ -298,8 +294,6 @@ def _check_stream_args(args: argparse.Namespace) -> tuple[list[dict], RuntimeCon
         raise UserError("--profile-version needs --subject (whose profile version to load)")
     if args.profile_version is not None and args.profile_version < 1:
         raise UserError(f"--profile-version {args.profile_version} must be >= 1 (v001 is 1)")
-    if not _DEVICE.match(args.device):
-        raise UserError(f"--device {args.device!r} must be auto, cpu, cuda or cuda:N")
     if args.model:
         check_model_ref(args.model)
     if args.wait_s is not None and not args.wait_s >= 0:
