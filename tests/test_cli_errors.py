@@ -8,6 +8,7 @@ import importlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,6 +43,19 @@ def _one_line(capsys, command: str) -> str:
             ["calibrate", "--subject", "S01", "--from", "{tmp}/x.fif", "--folds", "1"],
             "--folds 1: cross-validation needs at least 2 folds",
         ),
+        (  # a size's name on another architecture would make the checkpoint lie
+            "pretrain --corpus {tmp} --expert 0 --out {tmp}/run --set model.name=tiny".split(),
+            "[model] name='tiny' is a size, but this [model] is not its architecture "
+            "(base_width=16, n_heads=4); use --size tiny",
+        ),
+        (  # bad input to `rtmoe finetune`, refused before anything slow
+            ["finetune", "--data", "{tmp}/one_class.npz", "--out", "{tmp}/out"],
+            "the data hold one class ('a',); classification needs two",
+        ),
+        (
+            ["finetune", "--data", "{tmp}/short.npz", "--out", "{tmp}/out"],
+            "trials of 20 samples at 200 Hz (0.1 s) are shorter than the model's minimum window",
+        ),
         pytest.param(
             ["stream", "--lsl", "EEG", "--device", "cuda", "--zmq", "tcp://127.0.0.1:0"],
             "no CUDA GPU is visible; use --device cpu",  # BadValueError, before any lookup
@@ -50,6 +64,15 @@ def _one_line(capsys, command: str) -> str:
     ],
 )
 def test_a_project_error_is_one_line_and_exit_code_2(argv, piece, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = (20 * rng.normal(size=(20, 3, 200))).astype(np.float32)
+    for name, trials, labels in (
+        ("one_class", x, ["a"] * 20),
+        ("short", x[..., :20], ["a", "b"] * 10),
+    ):
+        np.savez(
+            tmp_path / f"{name}.npz", X=trials, y=labels, sfreq=200.0, ch_names=["C3", "CZ", "C4"]
+        )
     argv = [arg.format(tmp=tmp_path) for arg in argv]
     assert main(argv) == 2
     assert piece.format(tmp=tmp_path) in _one_line(capsys, argv[0])

@@ -11,9 +11,9 @@ import contextlib
 import os
 
 from rtmoe.checkpoint import CheckpointError, load_checkpoint
-from rtmoe.command import Command
-from rtmoe.config import Config, add_config_arguments, config_from_args, to_dict
-from rtmoe.models.registry import model_config
+from rtmoe.command import Command, UserError
+from rtmoe.config import Config, ModelConfig, add_config_arguments, config_from_args, to_dict
+from rtmoe.models.registry import MODEL_SIZES, model_config
 from rtmoe.offline import commands as offline_commands
 from rtmoe.offline.pretrain.loop import pretrain_expert
 
@@ -49,7 +49,23 @@ def _resolve_config(args: argparse.Namespace) -> Config:
     if args.size:
         size = {f"model.{k}": v for k, v in to_dict(model_config(args.size)).items()}
     names = dict.fromkeys(size, f"--size {args.size}")
-    return config_from_args(args, base=base, flags=size, flag_names=names)
+    cfg = config_from_args(args, base=base, flags=size, flag_names=names)
+    _check_size_name(cfg.model)
+    return cfg
+
+
+def _check_size_name(model: ModelConfig) -> None:
+    """A size's name on other widths would make checkpoints lie about their architecture."""
+    if model.name not in MODEL_SIZES:
+        return
+    sized = to_dict(model_config(model.name))
+    differ = [f"{k}={v}" for k, v in to_dict(model).items() if v != sized[k]]
+    if differ:
+        raise UserError(
+            f"[model] name={model.name!r} is a size, but this [model] is not its "
+            f"architecture ({', '.join(differ)}); use --size {model.name} for that size, or "
+            "name the custom architecture (--set model.name=custom)"
+        )
 
 
 def _run(args: argparse.Namespace) -> int:
