@@ -392,8 +392,15 @@ class RuntimeConfig(Section):
     # is subtracted from each decode; assumes classes about equally frequent over it.
     # 0: off (the default).
     adapt_s: float = 0.0
+    # Stream channel labels renamed before matching ("STREAM_LABEL=ELECTRODE", e.g.
+    # "EXG1=C3"), for amplifier apps that label channels by number; per stream in a
+    # --streams file.
+    rename: tuple[str, ...] = ()
 
     def validate(self) -> None:
+        from rtmoe.signal.channels import parse_renames
+
+        parse_renames(self.rename, where="runtime.rename")  # raises a ConfigError
         _positive(self, "hop_ms", "stall_timeout_ms", "max_gap_ms", "status_period_s")
         _positive(self, "poll_ms", "max_buflen_s", "resolve_timeout_s", "timing_records")
         _positive(self, "max_age_s", "rate_tolerance", "out_of_range_uv", "flat_uv")

@@ -189,16 +189,24 @@ def test_cli_refuses_what_several_streams_cannot_do(capsys):
 
 
 def test_a_streams_file_sets_each_streams_model_id_and_settings(model_dir, tmp_path, capsys):
-    pushers = [Pusher(MODEL_CHANS, 200.0, duration_s=8.0, seed=s).start() for s in (1, 2)]
+    # The second amplifier labels its channels by number: its table renames them.
+    numbered = [f"ch{i}" for i in range(len(MODEL_CHANS))]
+    pushers = [
+        Pusher(labels, 200.0, duration_s=8.0, seed=s).start()
+        for s, labels in ((1, MODEL_CHANS), (2, numbered))
+    ]
+    renames = ", ".join(f'"{a}={b}"' for a, b in zip(numbered, MODEL_CHANS, strict=True))
     path = tmp_path / "streams.toml"
     path.write_text(
         f'[[stream]]\nlsl = "{pushers[0].name}"\nid = "left"\nmodel = "{model_dir}"\n\n'
         f'[[stream]]\nlsl = "{pushers[1].name}"\nhop_ms = 200\nfill = "zeros"\nwait_s = "none"\n'
+        f"rename = [{renames}]\n"
     )
     entries = read_streams_file(path, _cfg())
     assert [e["id"] for e in entries] == ["left", stream_id_of(pushers[1].name)]
     assert [e["cfg"].hop_ms for e in entries] == [100.0, 200.0]
     assert entries[1]["cfg"].fill == "zeros" and entries[1]["cfg"].wait_s is None
+    assert entries[0]["cfg"].rename == () and len(entries[1]["cfg"].rename) == len(MODEL_CHANS)
     argv = ["--streams", str(path), "--model", str(model_dir), "--engine", "torch"]
     argv += ["--zmq", "tcp://127.0.0.1:0", "--device", "cpu", "--duration-s", "1.5"]
     assert _cli(stream_command, argv) == 0

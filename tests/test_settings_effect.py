@@ -1623,6 +1623,32 @@ def _runtime_fill(model_dir):
         publisher.close()
 
 
+@case("runtime.rename")
+def _runtime_rename(model_dir):
+    # An amplifier app that labels channels by number: refused as missing electrodes,
+    # decoded once renamed; a rename of a label the stream lacks is a typo, refused.
+    outlet = Outlet(labels=("1", "2", "3", "4"))
+    publisher = ZmqPublisher("tcp://127.0.0.1:0")
+    try:
+        with pytest.raises(ChannelError, match="missing channel"):
+            Runtime(model_dir, outlet.info(), _cfg(*LIVE_BASE).runtime, publisher=publisher)
+        typo = _cfg(*LIVE_BASE, "runtime.rename=['5=C3']").runtime
+        with pytest.raises(ChannelError, match=r"rename of \['5'\]"):
+            Runtime(model_dir, outlet.info(), typo, publisher=publisher)
+        renames = "runtime.rename=['1=C3', '2=CZ', '3=C4']"  # channel 4 stays unused
+        rt = Runtime(
+            model_dir, outlet.info(), _cfg(*LIVE_BASE, renames).runtime, publisher=publisher
+        )
+        try:
+            decodes: list = []
+            _ingest(rt, outlet, _live_data(N_TIMES, n_chans=4), _stamps(N_TIMES), decodes)
+            assert len(decodes) == 1 and decodes[0].flat_channels == 0
+        finally:
+            rt.close()
+    finally:
+        publisher.close()
+
+
 @pytest.fixture(scope="module")
 def idle_source():
     """An open source on an outlet that never sends: for runtimes that decode nothing."""

@@ -64,6 +64,7 @@ STREAM_FLAGS = {
     "fill": "runtime.fill",
     "wait_s": "runtime.wait_s",
     "max_age_s": "runtime.max_age_s",
+    "rename": "runtime.rename",
 }
 
 
@@ -100,6 +101,12 @@ def _add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         choices=FILL_POLICIES,
         default="error",
         help="model channels missing from the stream: error, or zeros (flat, reported)",
+    )
+    parser.add_argument(
+        "--rename",
+        action="append",
+        metavar="LABEL=ELECTRODE",
+        help="rename a stream channel before matching (e.g. EXG1=C3); repeat for each",
     )
     parser.add_argument("--duration-s", type=float, help="stop after this many seconds")
     parser.add_argument(

@@ -86,7 +86,7 @@ from rtmoe.profiles import Profile, apply_profile
 from rtmoe.runtime.plugins import Plugin, PluginContext, PluginRunner
 from rtmoe.runtime.preview import Preview
 from rtmoe.signal.chain import SignalChain, continuity_breaks
-from rtmoe.signal.channels import map_channels
+from rtmoe.signal.channels import map_channels, rename_channels
 from rtmoe.stream.lsl import LslError, LslSource, SourceStatus, StreamSearch, describe_stream
 from rtmoe.stream.ring import RingBuffer
 from rtmoe.stream.sliding import SlidingWelch
@@ -387,7 +387,8 @@ class Runtime:
             task = self.loaded.task
             sha = str(self.loaded.checkpoint.meta.get("weights_sha256", ""))[:12]
             self.model_id = f"{task.name}-{sha}" if sha else task.name
-        index = map_channels(self.source.channel_names, task.ch_names, cfg.fill)
+        labels = rename_channels(self.source.channel_names, cfg.rename)
+        index = map_channels(labels, task.ch_names, cfg.fill)
         self.filled_channels = [name for name, i in zip(task.ch_names, index, strict=True) if i < 0]
         alignment = profile.alignment if profile is not None else None
         self.preprocessor = SignalChain(index, self.source.sfreq, sig, alignment)

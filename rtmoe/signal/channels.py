@@ -38,6 +38,43 @@ def canonical_name(name: str) -> str:
     return CHANNEL_ALIASES.get(canon, canon)
 
 
+def parse_renames(entries: Sequence[str], where: str = "rename") -> dict[str, str]:
+    """``("EXG1=C3", ...)`` as ``{"EXG1": "C3"}``, keys upper-case; malformed ones refused.
+
+    Raises
+    ------
+    ConfigError
+        An entry is not ``LABEL=ELECTRODE``, or a label is renamed twice.
+    """
+    from rtmoe.config import ConfigError
+
+    renames: dict[str, str] = {}
+    for entry in entries:
+        source, sep, target = (part.strip() for part in str(entry).partition("="))
+        if not sep or not source or not target:
+            raise ConfigError(
+                f"{where} entry {entry!r} must read STREAM_LABEL=ELECTRODE, e.g. EXG1=C3"
+            )
+        if source.upper() in renames:
+            raise ConfigError(f"{where} renames {source!r} twice; give one electrode per label")
+        renames[source.upper()] = target
+    return renames
+
+
+def rename_channels(labels: Sequence[str], entries: Sequence[str]) -> list[str]:
+    """``labels`` with the ``LABEL=ELECTRODE`` renames applied (labels compared as in
+    `map_channels`' exact step); a rename naming no label is an error (a typo)."""
+    renames = parse_renames(entries)
+    present = {label.strip().upper() for label in labels}
+    unknown = [source for source in renames if source not in present]
+    if unknown:
+        raise ChannelError(
+            f"rename of {unknown}: the stream has no such channel (it has {list(labels)}); "
+            "fix the label in --rename / runtime.rename"
+        )
+    return [renames.get(label.strip().upper(), label) for label in labels]
+
+
 #: The fix a missing-channel error suggests by default (a live stream).
 STREAM_FIX = (
     "rename the channels in the amplifier's LSL app, pick the right stream, or pass "
