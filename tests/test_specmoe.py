@@ -197,7 +197,7 @@ def test_erp_segments_feed_the_head_the_decimated_waveform():
     x = _sines([3, 11, 27]) + 0.05 * torch.randn(2, N_CHANS, N_TIMES)
     features = model.forward_features(x)
     torch.testing.assert_close(features.erp, x.reshape(2, N_CHANS, 6, 40).mean(dim=-1))
-    assert model.head[0].normalized_shape == (3 * model.feature_dim + N_CHANS * 6,)
+    assert model.erp_head.in_features == N_CHANS * 6
     torch.testing.assert_close(model(x), model.forward_head(features))
     # The waveform is per electrode: the decision follows the montage order.
     assert not torch.allclose(model(x[:, torch.tensor([2, 0, 1])]), model(x), atol=1e-5)

@@ -11,9 +11,10 @@ For a window ``x (batch, n_chans, n_times)`` in model units::
 ``S`` is ``time_segments``: 1 (the paper) averages over the whole window; S > 1 over S
 consecutive parts of it, so the head sees the features' time course.
 
-With ``erp_segments = E > 0`` the head also reads the waveform itself: each electrode's
-window averaged over E consecutive parts (the decimated evoked response of classic
-ERP decoders), standardised with training statistics, beside ``flatten(pool_c H)``.
+With ``erp_segments = E > 0`` the decision also reads the waveform itself: each
+electrode's window averaged over E consecutive parts (the decimated evoked response of
+classic ERP decoders), standardised with training statistics, through a linear readout
+whose logits add to the head's.
 The experts see spectra and the gates power; slow, phase-locked potentials are what
 neither keeps, and on short trials they carry most of the class information.
 
@@ -299,11 +300,14 @@ class SpecMoE(nn.Module):
         else:
             self.gate_norm, self.gates = None, None
         n_erp = self.n_chans * self.erp_segments
-        # Standardised by training statistics: model units are not the ERP's scale.
+        # Standardised by training statistics (model units are not the ERP's scale), then
+        # a linear readout of its own whose logits add to the head's: concatenated into
+        # the head's input, a few dozen ERP values drown among hundreds of features.
         self.erp_norm = nn.BatchNorm1d(n_erp, affine=False) if n_erp else None
+        self.erp_head = nn.Linear(n_erp, self.n_outputs) if n_erp else None
         self.head = nn.Sequential(
-            nn.LayerNorm(rows * width + n_erp),
-            nn.Linear(rows * width + n_erp, width),
+            nn.LayerNorm(rows * width),
+            nn.Linear(rows * width, width),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(width, self.n_outputs),
@@ -425,15 +429,14 @@ class SpecMoE(nn.Module):
             gated = gated.mean(dim=1)
         elif self.channel_pool == "max":
             gated = gated.amax(dim=1)
-        head_input = gated.reshape(batch, -1)
-        if self.erp_norm is not None:
+        logits = self.head(gated.reshape(batch, -1))
+        if self.erp_head is not None:
             if erp is None:
                 raise ValueError(
                     "features.erp is None but this model reads the waveform "
                     "(erp_segments > 0); pass the output of this model's forward_features"
                 )
-            head_input = torch.cat([head_input, self.erp_norm(erp.reshape(batch, -1))], dim=1)
-        logits = self.head(head_input)
+            logits = logits + self.erp_head(self.erp_norm(erp.reshape(batch, -1)))
         return (logits, gates) if return_gates else logits
 
     def _check_inputs(self, x: torch.Tensor, psd: torch.Tensor | None) -> None:
