@@ -314,7 +314,8 @@ def test_live_runtime_decodes_the_ensemble_at_every_hop(tmp_path):
 
     from rtmoe.models.specmoe import TaskConfig, build_specmoe, ensemble_meta, specmoe_meta
 
-    config = Config().replace(model=model_config("tiny"), moe={"n_experts": 2})
+    # With the waveform readout too: the live window must feed it as offline.
+    config = Config().replace(model=model_config("tiny"), moe={"n_experts": 2, "erp_segments": 4})
     task = TaskConfig(
         name="synthetic", ch_names=live.MODEL_CHANS, n_times=live.N_TIMES, labels=("a", "b")
     )
