@@ -179,6 +179,10 @@ tangent space 0.553; competition winner 88.7 %. See bench/README.md for the benc
   pipeline, not a foundation model. At this scale pretraining did not pay: over 5
   fine-tuning seeds, three fresh experts scored 0.843 and the previous three 0.792
   (bench/README.md, measured before the single-chain refit).
+- Fine-tuning from these experts (`rtmoe finetune --experts default`) buys nothing at
+  this data scale: on HandMovementDirection (5-fold CV on train, seed 0, erp readout,
+  batch 16) 0.375 balanced accuracy from them vs 0.450 from fresh experts
+  (bench/README.md, "Decoding levers"); on SCP1, see above.
 - Fixed input: exactly these 6 electrodes, {meta["task"]["n_times"]} samples at
   200 Hz, unfiltered below 1 Hz.
 - Session offsets: SCP1's test session sits 14-23 µV lower than its train session in
