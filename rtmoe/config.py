@@ -237,8 +237,9 @@ class MoEConfig(Section):
     k is at most the window's steps). ``channel_pool``: "mean" (the paper) or "max" over
     electrodes; "concat" keeps every electrode's features apart, so the head can weigh
     electrodes by position (a fixed montage; the pooled heads ignore electrode order).
-    ``erp_segments``: 0, or E > 0 to give the head each electrode's window averaged over
-    E consecutive parts (the decimated waveform; a fixed montage too).
+    ``erp_segments``: 0, or E > 0 for a linear readout of each electrode's window averaged
+    over E consecutive parts (the decimated waveform; a fixed montage too), whose logits
+    add to the head's.
     """
 
     n_experts: int = 3
@@ -400,7 +401,7 @@ class RuntimeConfig(Section):
     def validate(self) -> None:
         from rtmoe.signal.channels import parse_renames
 
-        parse_renames(self.rename, where="runtime.rename")  # raises a ConfigError
+        parse_renames(self.rename)  # raises a ConfigError
         _positive(self, "hop_ms", "stall_timeout_ms", "max_gap_ms", "status_period_s")
         _positive(self, "poll_ms", "max_buflen_s", "resolve_timeout_s", "timing_records")
         _positive(self, "max_age_s", "rate_tolerance", "out_of_range_uv", "flat_uv")

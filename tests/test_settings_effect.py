@@ -1152,7 +1152,7 @@ def _augmented(field: str, value: float) -> tuple[torch.Tensor, torch.Tensor]:
 def _augment_changes_training(finetuned, setting: str) -> None:
     plain, augmented = finetuned.get(), finetuned.get(setting)
     assert plain.history[0]["train_loss"] != augmented.history[0]["train_loss"]
-    # Validation trials are never augmented: the first epoch is scored the same way.
+    # The premise: the same split, so the losses differ by the augmentation alone.
     np.testing.assert_array_equal(plain.folds[0].val_idx, augmented.folds[0].val_idx)
 
 

@@ -226,8 +226,9 @@ class SpecMoE(nn.Module):
         Consecutive parts of the window the features are averaged over (1: the whole
         window); at most ``ceil(n_times / 120)``, the encoder's steps.
     erp_segments : int
-        0: no waveform input to the head; E > 0: each electrode's window averaged over
-        E consecutive parts joins the head's input (at most ``n_times``).
+        0: no waveform readout; E > 0: each electrode's window averaged over E
+        consecutive parts feeds a linear readout whose logits add to the head's (at most
+        ``n_times``).
 
     Attributes
     ----------

@@ -38,7 +38,7 @@ def canonical_name(name: str) -> str:
     return CHANNEL_ALIASES.get(canon, canon)
 
 
-def parse_renames(entries: Sequence[str], where: str = "rename") -> dict[str, str]:
+def parse_renames(entries: Sequence[str]) -> dict[str, str]:
     """``("EXG1=C3", ...)`` as ``{"EXG1": "C3"}``, keys upper-case; malformed ones refused.
 
     Raises
@@ -53,10 +53,12 @@ def parse_renames(entries: Sequence[str], where: str = "rename") -> dict[str, st
         source, sep, target = (part.strip() for part in str(entry).partition("="))
         if not sep or not source or not target:
             raise ConfigError(
-                f"{where} entry {entry!r} must read STREAM_LABEL=ELECTRODE, e.g. EXG1=C3"
+                f"runtime.rename entry {entry!r} must read STREAM_LABEL=ELECTRODE, e.g. EXG1=C3"
             )
         if source.upper() in renames:
-            raise ConfigError(f"{where} renames {source!r} twice; give one electrode per label")
+            raise ConfigError(
+                f"runtime.rename renames {source!r} twice; give one electrode per label"
+            )
         renames[source.upper()] = target
     return renames
 
