@@ -66,7 +66,7 @@ from rtmoe.models.specmoe import (
     specmoe_meta,
 )
 from rtmoe.offline import commands as offline_commands
-from rtmoe.offline.augment import augment_batch, augments
+from rtmoe.offline.augment import Augmentation
 from rtmoe.offline.data import add_data_arguments, load_trials
 from rtmoe.signal import preprocess_trials
 
@@ -530,6 +530,7 @@ def finetune(
     )
     x_all = torch.from_numpy(Xp).to(device)
     y_all = torch.from_numpy(targets if regression else strata).to(device)
+    augment = Augmentation(cfg, config.signal.sfreq, config.spectral, config.mask)
     started = time.monotonic()
     models, fits = [], []
     psd_all = None
@@ -550,7 +551,7 @@ def finetune(
             _fit(
                 model, x_all, psd_all, y_all, strata, train_idx, val_idx, cfg,
                 n_classes=len(label_map), regression=regression, seed=seed,
-                budget_s=budget_s, desc=desc, progress=progress,
+                augment=augment, budget_s=budget_s, desc=desc, progress=progress,
             )
         )  # fmt: skip
         models.append(model)
@@ -630,6 +631,7 @@ def _fit(
     n_classes: int,
     regression: bool,
     seed: int,
+    augment: Augmentation,
     budget_s: float | None,
     desc: str,
     progress: bool,
@@ -638,6 +640,7 @@ def _fit(
 
     ``x_all (n_trials, n_chans, n_times)``, ``psd_all`` and ``y_all`` (class indices or
     targets) hold every trial on the model's device; ``strata`` the class indices.
+    ``augment``: applied to every training batch when active.
     ``budget_s``: seconds after which training stops at the end of an epoch.
     """
     from tqdm.auto import tqdm
@@ -670,7 +673,7 @@ def _fit(
         optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
     )
     rng = np.random.default_rng(seed)
-    augmented, generator = augments(cfg), torch.Generator(device).manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
     history: list[dict[str, Any]] = []
     best_key, best_state, best_epoch, best_outputs = None, None, 0, None
     val = torch.from_numpy(val_idx).to(device)
@@ -690,8 +693,8 @@ def _fit(
             rng.permutation(train_idx), max(1, -(-len(train_idx) // cfg.batch_size))
         ):
             idx = torch.from_numpy(batch).to(device)
-            if augmented:
-                x = augment_batch(x_all[idx], cfg, model.sfreq, generator)
+            if augment.active:
+                x = augment(x_all[idx], generator)
                 loss = loss_fn(model(x), y_all[idx])  # the gates read the augmented PSD
             else:
                 loss = loss_fn(model(x_all[idx], psd_all[idx]), y_all[idx])

@@ -280,8 +280,9 @@ class FinetuneConfig(Section):
     (mean probabilities); their out-of-fold predictions give the CV estimate, and
     ``val_fraction`` is unused. ``max_minutes`` is then the budget of all k together.
 
-    ``augment_scale`` (sd of the log gain), ``augment_shift_s`` (largest shift, seconds)
-    and ``augment_channel_drop`` (probability per electrode) augment training batches
+    ``augment_scale`` (sd of the log gain), ``augment_shift_s`` (largest shift, seconds),
+    ``augment_channel_drop`` (probability per electrode) and ``augment_spectral_mask``
+    (masked share of a ``[mask]`` spectral mask) augment training batches
     (``rtmoe.offline.augment``); 0 turns each off.
 
     ``unit_from_data``: fresh experts take ``signal.unit_uv`` from the training trials
@@ -306,6 +307,7 @@ class FinetuneConfig(Section):
     augment_scale: float = 0.0
     augment_shift_s: float = 0.0
     augment_channel_drop: float = 0.0
+    augment_spectral_mask: float = 0.0
     unit_from_data: bool = False
 
     def validate(self) -> None:
@@ -314,10 +316,11 @@ class FinetuneConfig(Section):
                 f"finetune.augment_scale={self.augment_scale} and finetune.augment_shift_s="
                 f"{self.augment_shift_s} must be >= 0 (0: off)"
             )
-        if not 0 <= self.augment_channel_drop < 1:
-            raise ConfigError(
-                f"finetune.augment_channel_drop={self.augment_channel_drop} must lie in [0, 1)"
-            )
+        for name in ("augment_channel_drop", "augment_spectral_mask"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(
+                    f"finetune.{name}={getattr(self, name)} must lie in [0, 1) (0: off)"
+                )
         for name in ("lr", "epochs", "batch_size", "plateau_patience", "folds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"finetune.{name}={getattr(self, name)} must be > 0")

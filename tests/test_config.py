@@ -139,6 +139,8 @@ def test_a_section_is_checked_when_it_is_made():
         RuntimeConfig(max_buflen_s=1.5)
     with pytest.raises(ConfigError, match=r"^pretrain.min_lr=.* exceeds pretrain.lr"):
         dataclasses.replace(PretrainConfig(), min_lr=1.0)
+    with pytest.raises(ConfigError, match=r"^finetune.augment_spectral_mask=1.0 must lie in"):
+        Config().replace(finetune={"augment_spectral_mask": 1.0})
     with pytest.raises(ConfigError, match=r"^Config.runtime must be a RuntimeConfig"):
         Config(runtime={"hop_ms": 50})
     cfg = RuntimeConfig(hop_ms=50, wait_s=None)  # ints become floats, as from TOML

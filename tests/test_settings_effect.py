@@ -55,7 +55,7 @@ from rtmoe.models.specmoe import (
     build_specmoe,
     segment_means,
 )
-from rtmoe.offline.augment import augment_batch
+from rtmoe.offline.augment import Augmentation
 from rtmoe.offline.corpus.build import build_corpus
 from rtmoe.offline.corpus.shards import ShardCorpus
 from rtmoe.offline.finetune import finetune
@@ -1144,9 +1144,10 @@ def _finetune_unit_from_data(finetuned):
 
 def _augmented(field: str, value: float) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of trials and its copy augmented by ``field=value`` alone."""
-    cfg = _cfg(f"finetune.{field}={value}").finetune
+    cfg = _cfg(f"finetune.{field}={value}")
     x = torch.randn(6, 3, 200, generator=torch.Generator().manual_seed(0))
-    return x, augment_batch(x, cfg, SF, torch.Generator().manual_seed(1))
+    augment = Augmentation(cfg.finetune, SF, cfg.spectral, cfg.mask)
+    return x, augment(x, torch.Generator().manual_seed(1))
 
 
 def _augment_changes_training(finetuned, setting: str) -> None:
@@ -1192,6 +1193,21 @@ def _finetune_augment_channel_drop(finetuned):
     assert 0 < int(dropped.sum()) < 18  # some electrodes of some trials
     assert torch.equal(out[~dropped], x[~dropped])  # the others untouched
     _augment_changes_training(finetuned, "finetune.augment_channel_drop=0.5")
+
+
+@case("finetune.augment_spectral_mask")
+def _finetune_augment_spectral_mask(finetuned):
+    x, out = _augmented("augment_spectral_mask", 0.3)
+    energy = (out**2).sum(dim=(1, 2)) / (x**2).sum(dim=(1, 2))
+    assert (energy < 0.95).all()  # every trial loses part of its spectrum
+    cfg = _cfg("finetune.augment_spectral_mask=0.3")
+    same = x[:, :1].expand(-1, 3, -1)  # one mask per trial, shared by its electrodes
+    masked = Augmentation(cfg.finetune, SF, cfg.spectral, cfg.mask)(
+        same, torch.Generator().manual_seed(1)
+    )
+    torch.testing.assert_close(masked, masked[:, :1].expand_as(masked))
+    assert torch.equal(_augmented("augment_spectral_mask", 0)[1], x)
+    _augment_changes_training(finetuned, "finetune.augment_spectral_mask=0.3")
 
 
 # -- runtime: the live loop on real LSL outlets and ZeroMQ sockets ---------------------------
