@@ -108,6 +108,35 @@ def test_a_rate_mismatch_is_detected():
     assert np.abs(out - true)[2500:].max() < 0.01  # the stamps follow the real clock
 
 
+def test_a_sender_that_stalls_and_catches_up_keeps_its_rate():
+    # A loaded machine: every 4 s the app is descheduled for 150 ms, then pushes its
+    # backlog at twice the rate; liblsl stamps each chunk at push time. No sample is lost.
+    sfreq, chunk = 250.0, 10
+    rng = np.random.default_rng(0)
+    clock, out, true, late, mismatches = StreamClock(sfreq), [], [], 0.0, 0
+    for i in range(0, round(40 * sfreq), chunk):
+        t = np.arange(i, i + chunk) / sfreq
+        if i and i % round(4 * sfreq) == 0:
+            late = 0.150
+        pushed = t[-1] + late + rng.uniform(0, 0.005)
+        late = max(0.0, late - chunk / sfreq / 2)  # catching up at 2x
+        out.append(clock.update(pushed - np.arange(chunk)[::-1] / sfreq))
+        true.append(t)
+        mismatches += clock.rate_mismatch is not None
+    out, true = np.concatenate(out), np.concatenate(true)
+    assert np.all(np.diff(out) > 0)
+    # the catch-up's compressed stamps never pass for the sender's rate (they used to
+    # give a 1-3 % mismatch: state ERROR and refused windows for seconds after a stall)
+    assert mismatches == 0
+    assert clock.effective_sfreq == pytest.approx(sfreq, rel=1e-3)
+    # and the stamps come back onto the sender's clock within a second of each stall
+    err = out - true - np.median(out - true)
+    calm = np.ones(out.size, bool)
+    for stall in range(round(4 * sfreq), out.size, round(4 * sfreq)):
+        calm[stall : stall + round(1 * sfreq)] = False
+    assert np.abs(err[calm]).max() < 0.01
+
+
 def test_absurd_values_are_repaired_like_nonfinite():
     from rtmoe.config import SignalConfig
 

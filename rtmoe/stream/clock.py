@@ -11,9 +11,9 @@ at ``t0 + i / fs_eff``. `StreamClock` fits that line to the raw stamps by weight
 squares with exponential forgetting (time constant ``window_s``; a handful of running
 sums, updated per chunk in closed form, so the hot path costs a few vector ops), with a
 weak prior pulling the slope towards the last known period (nominal at start). Each
-sample's output time is the fitted line at its count; the joint between chunks is held to
-[0.5, 1.4] sample periods, so the output is strictly increasing and a refit moves it
-back onto the line smoothly instead of as a step.
+sample's output time is the fitted line at its count, each step between output stamps
+held to [0.5, 1.4] sample periods, so the output is strictly increasing and a refit moves
+it back onto the line smoothly (within about twice the distance) instead of as a step.
 
 Real gaps stay visible. Before a chunk updates the fit, each raw stamp is compared with
 the line's prediction for its count. Missing samples push the stamps ahead of the count
@@ -25,6 +25,13 @@ Stamps far *behind* the count (beyond ``max(backward_floor_s, jitter_k * jitter)
 restarted sender's clock) are a break too, and stay backwards, so the runtime's continuity
 check (`rtmoe.signal.continuity_breaks`) sees them. Everything else, small
 backward steps included, is jitter and is absorbed.
+
+Stalls are not gaps. A sender descheduled for a moment (a loaded machine) pushes late,
+then catches up: its stamps jump ahead and come back onto the line within a second,
+while after lost samples they stay ahead. The line of the segment before a forward break
+is therefore kept for ``min_rate_span_s``; if the stamps return to it, the new segment
+is dropped and the old fit continues, so a catch-up's compressed stamps never become the
+sender's rate (they would be a false rate mismatch).
 
 Why not liblsl's ``proc_dejitter``: it fits the same kind of line but across everything,
 so a run of missing samples becomes a gentle slope the gap detector can no longer see
@@ -116,6 +123,8 @@ class StreamClock:
         self.last = math.nan
         self.max_residual_s = 0.0
         self._empty = True
+        # (fit state, sample count, gap threshold) of the line before a forward break
+        self._held: tuple | None = None
         self._reset_fit(0, 0.0)
 
     # -- public ----------------------------------------------------------------------
@@ -169,6 +178,31 @@ class StreamClock:
 
     # -- internals --------------------------------------------------------------------
 
+    def _fit_state(self) -> tuple:
+        return (self._xo, self._yo, self._w, self._sx, self._sy, self._sxx, self._sxy,
+                self._seg_n)  # fmt: skip
+
+    def _set_fit_state(self, state: tuple) -> None:
+        (self._xo, self._yo, self._w, self._sx, self._sy, self._sxx, self._sxy,
+         self._seg_n) = state  # fmt: skip
+
+    def _back_on_held_line(self, stamp: float) -> bool:
+        """Whether ``stamp`` (of sample ``n_samples``) lies on the line held at a forward
+        break, within the gap threshold of then (the catch-up inflates the jitter since);
+        the hold ends when it does or after ``min_rate_span_s`` of samples."""
+        current, (held, n_held, ahead) = self._fit_state(), self._held
+        self._set_fit_state(held)
+        line = self._yo + self._predict0(self._slope(), self.n_samples - self._xo)
+        back = abs(stamp - line) <= ahead
+        if back:  # the old fit continues; the new segment's samples count towards its span
+            self._seg_n += self.n_samples - n_held
+            self._shift()
+        else:
+            self._set_fit_state(current)
+        if back or self.n_samples - n_held > self._min_span:
+            self._held = None
+        return back
+
     def _reset_fit(self, x0: int, y0: float) -> None:
         # Running sums relative to the origin (x0 samples, y0 seconds).
         self._xo, self._yo = x0, y0
@@ -214,15 +248,17 @@ class StreamClock:
         n = k - lo
         ramp = self._ramp[:n]
         r = self._scratch[:n]
+        sigma = math.sqrt(self._var)
+        ahead = max(self._gap_floor_s, self.jitter_k * sigma)
+        behind = max(self._backward_floor_s, self.jitter_k * sigma)
+        if self._held is not None:
+            self._back_on_held_line(float(raw[lo]))
         slope = self._slope()
         x_lo = self.n_samples - self._xo
         base = self._predict0(slope, x_lo)
         # Residuals against the fit so far: raw - (yo + base + slope * j).
         np.subtract(raw[lo:k], self._yo + base, out=r)
         r -= slope * ramp
-        sigma = math.sqrt(self._var)
-        ahead = max(self._gap_floor_s, self.jitter_k * sigma)
-        behind = max(self._backward_floor_s, self.jitter_k * sigma)
         bad = np.flatnonzero((r > ahead) | (r < -behind))
         m = int(bad[0]) if bad.size else n
         if m:
@@ -253,12 +289,15 @@ class StreamClock:
                 np.maximum.accumulate(tmp, out=tmp)
                 np.multiply(ramp[:m], q, out=dest)
                 dest += tmp
-            else:
-                y = self._yo + self._predict0(slope, x_lo)
+            else:  # the line, each step held to [0.5, 1.4] periods
                 p = slope
-                start = min(max(y, self.last + 0.5 * p), self.last + 1.4 * p)
                 np.multiply(ramp[:m], p, out=dest)
-                dest += start
+                dest += self._yo + self._predict0(slope, x_lo)
+                steps = r[:m]  # free once the fit is updated
+                np.add(ramp[:m], 1.0, out=steps)
+                steps *= p
+                np.maximum(dest, self.last + 0.5 * steps, out=dest)
+                np.minimum(dest, self.last + 1.4 * steps, out=dest)
             self.last = float(out[lo + m - 1])
             self.n_samples += m
             self._seg_n += m
@@ -268,6 +307,9 @@ class StreamClock:
             self._shift()
         if m < n:
             self._empty = True  # the next sample starts a new segment at its raw stamp
+            # ahead of the line: lost samples or a stall; kept until the stamps say which
+            forward = r[m] > 0 and self._w
+            self._held = (self._fit_state(), self.n_samples, ahead) if forward else None
         return lo + m
 
     def _add(self, raw, lo, m, x_lo, base, slope, ramp, r) -> None:
