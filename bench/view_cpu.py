@@ -16,6 +16,9 @@ Phases alternate ``--rounds`` times, ``--phase-s`` seconds each:
 
 * ``off``: no view running;
 * ``view``: ``rtmoe view`` with the pages open (measured once every page is connected).
+  ``--pages 0``: instead of a browser, this process reads the page's event stream
+  (``/events``) as a page opened on another machine would, so the phase measures what
+  ``rtmoe view`` itself costs the runtime, without a renderer on its cores.
 
 Per phase: decodes per second received, CPU of the view process (% of one core:
 user+system CPU seconds over wall seconds, psutil), CPU of the browser (all its
@@ -243,6 +246,26 @@ def _open_pages(url: str, n: int, profile_root: str) -> list[subprocess.Popen]:
     return pages
 
 
+class EventReader:
+    """Reads a view's ``/events`` stream in a thread, as a remote page would (no drawing)."""
+
+    def __init__(self, url: str) -> None:
+        self.events = 0
+        self._response = urllib.request.urlopen(url + "events", timeout=30.0)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for line in self._response:
+                self.events += line.startswith(b"data:")
+        except (OSError, ValueError):  # closed at the end of the phase
+            pass
+
+    def close(self) -> None:
+        self._response.close()
+
+
 def _view_state(url: str) -> dict:
     with urllib.request.urlopen(url + "state", timeout=5.0) as response:
         return json.loads(response.read())["view"] or {}
@@ -256,7 +279,7 @@ def _page_draws(url: str) -> tuple[int, float]:
 
 
 def _phase(name, args, stream, collector, zmq_address, profile_root) -> dict:
-    view = pages = None
+    view = pages = reader = None
     view_procs: list[psutil.Process] = []
     if name == "view":
         view = _rtmoe(
@@ -265,8 +288,9 @@ def _phase(name, args, stream, collector, zmq_address, profile_root) -> dict:
         line = view.stdout.readline()
         url = line.split()[2]
         pages = _open_pages(url + "?report=1&report_ms=2000&name=bench", args.pages, profile_root)
+        reader = EventReader(url) if not args.pages else None
         deadline = time.monotonic() + 60.0
-        while _view_state(url).get("pages", 0) < args.pages:
+        while _view_state(url).get("pages", 0) < max(args.pages, 1):
             if time.monotonic() > deadline:
                 raise SystemExit(f"the {args.pages} page(s) did not connect to {url}")
             time.sleep(0.5)
@@ -274,7 +298,7 @@ def _phase(name, args, stream, collector, zmq_address, profile_root) -> dict:
         view_procs = [psutil.Process(view.pid)]
     stream_procs = [psutil.Process(stream.pid)] if args.source == "stream" else []
     page_procs = [p for page in pages or [] for p in _tree(page.pid)]
-    draws0 = _page_draws(url) if view else None
+    draws0 = _page_draws(url) if pages else None
     t0, c_view, c_page, c_stream = (
         time.monotonic(),
         _cpu_s(view_procs),
@@ -285,14 +309,14 @@ def _phase(name, args, stream, collector, zmq_address, profile_root) -> dict:
     page_procs = [p for page in pages or [] for p in _tree(page.pid)]
     t1 = time.monotonic()
     wall = t1 - t0
-    draws1 = _page_draws(url) if view else None
+    draws1 = _page_draws(url) if pages else None
     row = {
         "phase": name,
         "view_cpu_pct": 100 * (_cpu_s(view_procs) - c_view) / wall if view else None,
         "page_cpu_pct": 100 * (_cpu_s(page_procs) - c_page) / wall if pages else None,
         "stream_cpu_pct": 100 * (_cpu_s(stream_procs) - c_stream) / wall if stream_procs else None,
     }
-    if view:  # the page reports a few times a second: its redraws per second
+    if pages:  # the page reports a few times a second: its redraws per second
         row["page_redraws_per_s"] = (draws1[0] - draws0[0]) / (draws1[1] - draws0[1])
     rows = collector.between(t0, t1)
     row["decodes_per_s"] = len(rows) / wall
@@ -302,6 +326,9 @@ def _phase(name, args, stream, collector, zmq_address, profile_root) -> dict:
     for page in pages or []:
         page.kill()
         page.wait()
+    if reader is not None:
+        row["events_read"] = reader.events
+        reader.close()
     if view is not None:
         view.send_signal(signal.SIGTERM)
         view.wait(10.0)
@@ -312,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--phase-s", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--pages", type=int, default=1, help="headless Chromium pages")
+    parser.add_argument(
+        "--pages", type=int, default=1,
+        help="headless Chromium pages; 0: read the page's event stream, draw nothing",
+    )  # fmt: skip
     parser.add_argument("--hop-ms", type=float, default=100.0)
     parser.add_argument("--source", choices=("stream", "synthetic"), default="stream")
     parser.add_argument(
