@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -395,58 +396,62 @@ def _npz(tmp_path, name, X, y, sfreq=SFREQ_IN):
     return path
 
 
-@pytest.fixture
-def captured(monkeypatch):
-    """Replace `finetune` by a recorder returning a one-epoch result."""
-    calls = []
+def _resolved(argv: list[str], capsys, tmp_path) -> Config:
+    """The settings `rtmoe finetune argv` resolves (its --print-config, read back)."""
+    from rtmoe.config import load_config
 
-    def fake(X, y, sfreq, ch_names, **kwargs):
-        calls.append(kwargs)
-        history = [{"val_weighted_f1": 0.5, "val_balanced_accuracy": 0.5}]
-        config = Config().replace(signal=kwargs["signal"])
-        return finetune_mod.FinetuneResult(
-            None, config, None, kwargs["moe"], history, 1, None, "completed"
-        )
-
-    monkeypatch.setattr(finetune_mod, "finetune", fake)
-    return calls
+    with pytest.raises(SystemExit) as exc:
+        _cli(finetune_mod, [*argv, "--print-config"])
+    assert exc.value.code == 0
+    printed = tmp_path / "printed.toml"
+    printed.write_text(capsys.readouterr().out)
+    return load_config(printed)
 
 
-def test_cli_defaults_are_the_recipe_whatever_the_file_name(data, tmp_path, captured, capsys):
+#: Options that make a real run take a second without touching what the tests check.
+SMALL_RUN = ["--model-name", "tiny", "--n-experts", "1", "--batch-size", "8", "--quiet"]
+
+
+def test_cli_defaults_are_the_recipe_whatever_the_file_name(data, tmp_path, capsys):
+    from rtmoe.checkpoint import CONFIG_FILE
     from rtmoe.config import load_config
 
     recipe = load_config(finetune_mod.recipe_path())
     X, y = data
     for name in ("train.npz", "SelfRegulationSCP1.npz", "FingerMovements.npz"):
         npz = _npz(tmp_path, name, X, y)
-        assert _cli(finetune_mod, ["--data", str(npz), "--out", str(tmp_path / "m")]) == 0
-    signals = {c["signal"] for c in captured}
-    assert signals == {recipe.signal}  # one default, never chosen by the file's name
-    cfg = captured[0]["cfg"]
-    ft = recipe.finetune
-    assert (cfg.epochs, cfg.early_stop_patience) == (ft.epochs, ft.early_stop_patience)
-    assert (ft.epochs, ft.early_stop_patience, ft.freeze_epochs) == (40, 12, 3)
-    assert cfg.freeze_epochs == 0  # fresh experts: nothing to freeze
-    assert captured[0]["moe"] == recipe.moe and captured[0]["model_name"] == "small"
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "filters: high-pass none, low-pass none, notch none" in last
-    assert "ran all 40 epochs" in last
+        out = tmp_path / f"model-{name}"
+        argv = ["--data", str(npz), "--out", str(out)]
+        tree = _resolved(argv, capsys, tmp_path)
+        assert tree.signal == recipe.signal  # one default, never chosen by the file's name
+        assert tree.moe == recipe.moe and tree.model.name == "small"
+        ft = recipe.finetune
+        assert tree.finetune == dataclasses.replace(ft, freeze_epochs=0)  # fresh: no freeze
+        assert (ft.epochs, ft.early_stop_patience, ft.freeze_epochs) == (40, 12, 3)
+        # and a real run trains with what was resolved
+        assert _cli(finetune_mod, [*argv, *SMALL_RUN, "--epochs", "2"]) == 0
+        saved = load_config(out / CONFIG_FILE)
+        assert saved.signal == recipe.signal
+        assert saved.finetune == dataclasses.replace(tree.finetune, epochs=2, batch_size=8)
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        assert "filters: high-pass none, low-pass none, notch none" in last
+        assert "ran all 2 epochs" in last or "early stop" in last
     # Options override single values; 'none' disables.
     argv = ["--data", str(npz), "--out", str(tmp_path / "m"), "--h-freq", "30"]
     argv += ["--early-stop", "none", "--epochs", "5", "--freeze-epochs", "2"]
-    assert _cli(finetune_mod, argv) == 0
-    cfg = captured[-1]["cfg"]
-    assert captured[-1]["signal"].h_freq == 30.0
-    assert (cfg.epochs, cfg.freeze_epochs, cfg.early_stop_patience) == (5, 2, None)
+    tree = _resolved(argv, capsys, tmp_path)
+    assert tree.signal.h_freq == 30.0
+    ft = tree.finetune
+    assert (ft.epochs, ft.freeze_epochs, ft.early_stop_patience) == (5, 2, None)
 
 
-def test_cli_freezes_pretrained_experts_by_the_recipe(experts, data, tmp_path, captured):
+def test_cli_freezes_pretrained_experts_by_the_recipe(experts, data, tmp_path, capsys):
     npz = _npz(tmp_path, "t.npz", *data)
     argv = ["--data", str(npz), "--out", str(tmp_path / "m"), "--experts", *map(str, experts)]
-    assert _cli(finetune_mod, argv) == 0
-    assert captured[0]["cfg"].freeze_epochs == 3
+    assert _resolved(argv, capsys, tmp_path).finetune.freeze_epochs == 3
     with pytest.raises(finetune_mod.UserError, match="--model-name small but the --experts"):
         _cli(finetune_mod, [*argv, "--model-name", "small"])
+    assert not (tmp_path / "m").exists()  # refused before training
 
 
 def test_cli_help_shows_defaults_and_no_missing_docs():
@@ -465,7 +470,7 @@ def test_cli_split_with_data_is_an_argparse_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("sfreq", [100.0, 128.0])
-def test_cli_filters_above_nyquist_are_refused_before_training(data, tmp_path, captured, sfreq):
+def test_cli_filters_above_nyquist_are_refused_before_training(data, tmp_path, sfreq):
     X, y = data
     npz = _npz(tmp_path, "t.npz", X, y, sfreq=sfreq)
     toml = tmp_path / "c.toml"
@@ -474,19 +479,20 @@ def test_cli_filters_above_nyquist_are_refused_before_training(data, tmp_path, c
     expected = {100.0: "--h-freq none --notch-freq none", 128.0: "--h-freq none"}[sfreq]
     with pytest.raises(ValueError, match=rf"Nyquist frequency {sfreq / 2:g} Hz.*{expected}"):
         _cli(finetune_mod, argv)
-    assert captured == []
+    assert not (tmp_path / "m").exists()  # refused before training
     # The same check guards the function (bench, recipe, notebooks).
     with pytest.raises(ValueError, match=r"h_freq=75 Hz.*Nyquist"):
         finetune(X, y, sfreq, CH_NAMES, signal=SignalConfig(), model_name="tiny", cfg=QUICK)
 
 
-def test_cli_one_class_label_file(data, tmp_path, captured):
+def test_cli_one_class_label_file(data, tmp_path):
     npz = _npz(tmp_path, "t.npz", *data)
     labels = tmp_path / "labels.txt"
     labels.write_text("alpha\n")
+    out = tmp_path / "o"
     with pytest.raises(finetune_mod.UserError, match="at least two distinct class names"):
-        _cli(finetune_mod, ["--data", str(npz), "--labels", str(labels), "--out", "o"])
-    assert captured == []
+        _cli(finetune_mod, ["--data", str(npz), "--labels", str(labels), "--out", str(out)])
+    assert not out.exists()  # refused before training
 
 
 def test_recording_shorter_than_the_window_is_refused(data):
