@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from rtmoe.errors import UserError
+from rtmoe.folds import fold_assignment
 from rtmoe.metrics import classification_metrics, confusion_matrix
 from rtmoe.models.specmoe import LoadedSpecMoE, MoEFeatures, SpecMoE, SpecMoEEnsemble
 from rtmoe.profiles import resize_head
@@ -105,18 +106,6 @@ def ea_matrix(X: np.ndarray, shrinkage: float = EA_SHRINKAGE) -> np.ndarray:
     R = (1 - shrinkage) * R + shrinkage * level * np.eye(n_chans)
     w, V = np.linalg.eigh(R)
     return (np.sqrt(level) * (V / np.sqrt(w)) @ V.T).astype(np.float32)
-
-
-def stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """Fold index of every trial: each class dealt round-robin after a seeded shuffle."""
-    rng = np.random.default_rng(seed)
-    folds = np.empty(len(y), dtype=np.int64)
-    offset = 0
-    for k in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == k))
-        folds[members] = (offset + np.arange(members.size)) % n_folds
-        offset += members.size
-    return folds
 
 
 @torch.no_grad()
@@ -298,7 +287,7 @@ def fit_subject(
             "head must be trained; allow tuning 'head' or 'partial'"
         )
     say = on_progress or (lambda _: None)
-    folds = stratified_folds(y, n_folds, seed)
+    folds = fold_assignment(y, n_folds, seed, labels, fix="lower --folds or record more trials")
     y_t = torch.from_numpy(np.asarray(y, dtype=np.int64))
     cv_deadline = started + 60 * max_minutes * CV_SHARE
     heavy_left = sum(t == "partial" for t in tunings) * len(alignments) * n_folds

@@ -13,7 +13,7 @@ import torch
 
 from rtmoe.calibration.cli import calibrate_command, profiles_command
 from rtmoe.calibration.epochs import epoch_recording, parse_classes, split_segments
-from rtmoe.calibration.fit import ea_matrix, fit_subject, stratified_folds
+from rtmoe.calibration.fit import ea_matrix, fit_subject
 from rtmoe.calibration.quality import line_noise_db, quality_report, timing
 from rtmoe.calibration.record import record_replay
 from rtmoe.calibration.session import Session, read_session
@@ -135,14 +135,6 @@ def test_alignment_per_chunk_equals_per_window():
     assert apply_alignment(stream, None) is stream
     t = apply_alignment(torch.from_numpy(stream[None]), M)
     np.testing.assert_allclose(t[0].numpy(), live, rtol=1e-5, atol=1e-5)
-
-
-def test_stratified_folds_balance_classes():
-    y = np.array([0] * 10 + [1] * 7)
-    folds = stratified_folds(y, 3, seed=0)
-    for k in range(3):
-        assert np.sum((folds == k) & (y == 0)) in (3, 4)
-        assert np.sum((folds == k) & (y == 1)) in (2, 3)
 
 
 # -- session on disk -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from rtmoe.config import Config, FinetuneConfig, MoEConfig
 from rtmoe.dsp.spectral import welch_psd
 from rtmoe.engine import build_engine
 from rtmoe.engine.base import DecodeModule
+from rtmoe.folds import fold_assignment
 from rtmoe.models.registry import build_model, model_config
 from rtmoe.models.shipped import load_model
 from rtmoe.models.specmoe import SpecMoE, SpecMoEEnsemble, load_specmoe
@@ -21,7 +22,6 @@ from rtmoe.offline.evaluate import evaluate
 from rtmoe.offline.finetune import (
     encode_labels,
     finetune,
-    fold_assignment,
     predict,
     stratified_folds,
     stratified_split,
@@ -86,7 +86,9 @@ def test_folds_partition_the_trials_and_are_stratified(n_folds):
 def test_folds_refuse_a_class_smaller_than_k():
     y = np.array([0] * 10 + [1] * 4)
     with pytest.raises(ValueError, match=r"class 'b' has 4 trials but folds=5 .*finetune.folds"):
-        fold_assignment(y, 5, seed=0, labels=("a", "b"))
+        stratified_folds(y, 5, seed=0, labels=("a", "b"))
+    with pytest.raises(ValueError, match=r"class index 1 has 4 trials .*; lower --folds"):
+        fold_assignment(y, 5, seed=0, fix="lower --folds")
     with pytest.raises(ValueError, match="n_folds=1"):
         fold_assignment(y, 1, seed=0)
 
