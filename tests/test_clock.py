@@ -137,6 +137,19 @@ def test_a_sender_that_stalls_and_catches_up_keeps_its_rate():
     assert np.abs(err[calm]).max() < 0.01
 
 
+def test_a_stalling_sender_on_a_wrong_clock_is_still_a_rate_mismatch():
+    sfreq, chunk, rate = 250.0, 10, 252.5  # 1 % fast, declared 250 Hz
+    rng = np.random.default_rng(1)
+    clock, late = StreamClock(sfreq), 0.0
+    for i in range(0, round(40 * rate), chunk):
+        if i and i % round(4 * rate) < chunk:
+            late = 0.150
+        pushed = (i + chunk - 1) / rate + late + rng.uniform(0, 0.005)
+        late = max(0.0, late - chunk / rate / 2)
+        clock.update(pushed - np.arange(chunk)[::-1] / sfreq)
+    assert clock.rate_mismatch == pytest.approx(rate, rel=2e-3)
+
+
 def test_absurd_values_are_repaired_like_nonfinite():
     from rtmoe.config import SignalConfig
 

@@ -29,9 +29,10 @@ backward steps included, is jitter and is absorbed.
 Stalls are not gaps. A sender descheduled for a moment (a loaded machine) pushes late,
 then catches up: its stamps jump ahead and come back onto the line within a second,
 while after lost samples they stay ahead. The line of the segment before a forward break
-is therefore kept for ``min_rate_span_s``; if the stamps return to it, the new segment
-is dropped and the old fit continues, so a catch-up's compressed stamps never become the
-sender's rate (they would be a false rate mismatch).
+is therefore kept for ``window_s``, and the rate stays the one measured before; if the
+stamps return to that line, the new segment is dropped and the old fit continues, so a
+catch-up's compressed stamps never become the sender's rate (they would be a false rate
+mismatch).
 
 Why not liblsl's ``proc_dejitter``: it fits the same kind of line but across everything,
 so a run of missing samples becomes a gentle slope the gap detector can no longer see
@@ -110,6 +111,7 @@ class StreamClock:
         self._backward_floor_s = float(backward_floor_s)
         self.rate_tolerance = float(rate_tolerance)
         self._min_span = min_rate_span_s * self.sfreq
+        self._hold_span = window_s * self.sfreq
         self._prior_var = (rate_prior_rel * self._p_nom) ** 2
         self._ridge_cap = self.sfreq**3 / 12.0  # sum of squared deviations of 1 s of counts
         self._var = initial_jitter_s**2
@@ -142,7 +144,7 @@ class StreamClock:
     @property
     def effective_sfreq(self) -> float:
         """Samples per second of the sender's clock (NaN until ``min_rate_span_s``)."""
-        if self._seg_n >= self._min_span:
+        if self._seg_n >= self._min_span and self._held is None:
             return 1.0 / self._slope()
         return self._rate
 
@@ -189,7 +191,7 @@ class StreamClock:
     def _back_on_held_line(self, stamp: float) -> bool:
         """Whether ``stamp`` (of sample ``n_samples``) lies on the line held at a forward
         break, within the gap threshold of then (the catch-up inflates the jitter since);
-        the hold ends when it does or after ``min_rate_span_s`` of samples."""
+        the hold ends when it does or after ``window_s`` of samples."""
         current, (held, n_held, ahead) = self._fit_state(), self._held
         self._set_fit_state(held)
         line = self._yo + self._predict0(self._slope(), self.n_samples - self._xo)
@@ -199,9 +201,15 @@ class StreamClock:
             self._shift()
         else:
             self._set_fit_state(current)
-        if back or self.n_samples - n_held > self._min_span:
+        if back or self.n_samples - n_held > self._hold_span:
             self._held = None
         return back
+
+    def _keep_rate(self) -> None:
+        """The segment's rate becomes the known one (and the prior) once long enough."""
+        if self._seg_n >= self._min_span:
+            self._p_prior = self._slope()
+            self._rate = 1.0 / self._p_prior
 
     def _reset_fit(self, x0: int, y0: float) -> None:
         # Running sums relative to the origin (x0 samples, y0 seconds).
@@ -212,9 +220,8 @@ class StreamClock:
     def _start_segment(self, stamp: float) -> None:
         if not math.isnan(self.last):
             self.n_breaks += 1
-        if self._seg_n >= self._min_span:
-            self._p_prior = self._slope()
-            self._rate = 1.0 / self._p_prior
+        if self._held is None:
+            self._keep_rate()
         x = self.n_samples
         self._reset_fit(x, stamp)
         self._w, self._seg_n = 1.0, 1  # the one point (x, stamp), at the origin
@@ -307,9 +314,11 @@ class StreamClock:
             self._shift()
         if m < n:
             self._empty = True  # the next sample starts a new segment at its raw stamp
-            # ahead of the line: lost samples or a stall; kept until the stamps say which
-            forward = r[m] > 0 and self._w
-            self._held = (self._fit_state(), self.n_samples, ahead) if forward else None
+            # Ahead of the line: lost samples or a stall; the line is kept until the stamps
+            # say which (the first one held: a catch-up can break the new segment again).
+            if self._held is None and r[m] > 0 and self._w:
+                self._keep_rate()
+                self._held = (self._fit_state(), self.n_samples, ahead)
         return lo + m
 
     def _add(self, raw, lo, m, x_lo, base, slope, ramp, r) -> None:
