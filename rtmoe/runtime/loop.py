@@ -310,6 +310,7 @@ class Runtime:
         self.model_id = f"{task.name}-{sha}" if sha else task.name
         self.subject_id = subject_id or (profile.subject if profile is not None else None)
         self.decodes = self.skipped_windows = self.status_seq = 0
+        self._skipped_published = 0  # skipped_windows when the last decode went out
         self.nonfinite_outputs = self.stale_windows = self.refused_windows = 0
         self.invalid_decodes = 0
         self.state = RuntimeState.WAITING
@@ -786,12 +787,13 @@ class Runtime:
             published_lsl_s=published,
             latency_ms=(published - last) * 1e3,
             compute_ms=compute_ms,
-            skipped_windows=self.skipped_windows,
+            skipped_windows=self.skipped_windows - self._skipped_published,  # since the last
             stream_id=self.stream_id,
         )
         if len(self.plugins):
             msg = self.plugins.process(msg)
         self.publisher.publish(msg)
+        self._skipped_published = self.skipped_windows
         if len(self.plugins):
             self.plugins.send(msg)
         t3 = time.perf_counter()
