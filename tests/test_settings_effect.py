@@ -1142,10 +1142,14 @@ def _finetune_unit_from_data(finetuned):
     )
 
 
-def _augmented(field: str, value: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of trials and its copy augmented by ``field=value`` alone."""
+def _augmented(
+    field: str, value: float, x: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of trials (default: seeded noise) and its copy augmented by ``field=value``
+    alone."""
     cfg = _cfg(f"finetune.{field}={value}")
-    x = torch.randn(6, 3, 200, generator=torch.Generator().manual_seed(0))
+    if x is None:
+        x = torch.randn(6, 3, 200, generator=torch.Generator().manual_seed(0))
     augment = Augmentation(cfg.finetune, SF, cfg.spectral, cfg.mask)
     return x, augment(x, torch.Generator().manual_seed(1))
 
@@ -1200,11 +1204,8 @@ def _finetune_augment_spectral_mask(finetuned):
     x, out = _augmented("augment_spectral_mask", 0.3)
     energy = (out**2).sum(dim=(1, 2)) / (x**2).sum(dim=(1, 2))
     assert (energy < 0.95).all()  # every trial loses part of its spectrum
-    cfg = _cfg("finetune.augment_spectral_mask=0.3")
     same = x[:, :1].expand(-1, 3, -1)  # one mask per trial, shared by its electrodes
-    masked = Augmentation(cfg.finetune, SF, cfg.spectral, cfg.mask)(
-        same, torch.Generator().manual_seed(1)
-    )
+    _, masked = _augmented("augment_spectral_mask", 0.3, same)
     torch.testing.assert_close(masked, masked[:, :1].expand_as(masked))
     assert torch.equal(_augmented("augment_spectral_mask", 0)[1], x)
     _augment_changes_training(finetuned, "finetune.augment_spectral_mask=0.3")

@@ -188,10 +188,10 @@ class StreamClock:
         (self._xo, self._yo, self._w, self._sx, self._sy, self._sxx, self._sxy,
          self._seg_n) = state  # fmt: skip
 
-    def _back_on_held_line(self, stamp: float) -> bool:
-        """Whether ``stamp`` (of sample ``n_samples``) lies on the line held at a forward
-        break, within the gap threshold of then (the catch-up inflates the jitter since);
-        the hold ends when it does or after ``window_s`` of samples."""
+    def _return_to_held_line(self, stamp: float) -> None:
+        """Continue the line held at a forward break if ``stamp`` (of sample ``n_samples``)
+        lies on it, within the gap threshold of then (the catch-up inflates the jitter
+        since); the hold ends when it does or after ``window_s`` of samples."""
         current, (held, n_held, ahead) = self._fit_state(), self._held
         self._set_fit_state(held)
         line = self._yo + self._predict0(self._slope(), self.n_samples - self._xo)
@@ -203,7 +203,6 @@ class StreamClock:
             self._set_fit_state(current)
         if back or self.n_samples - n_held > self._hold_span:
             self._held = None
-        return back
 
     def _keep_rate(self) -> None:
         """The segment's rate becomes the known one (and the prior) once long enough."""
@@ -259,7 +258,7 @@ class StreamClock:
         ahead = max(self._gap_floor_s, self.jitter_k * sigma)
         behind = max(self._backward_floor_s, self.jitter_k * sigma)
         if self._held is not None:
-            self._back_on_held_line(float(raw[lo]))
+            self._return_to_held_line(float(raw[lo]))
         slope = self._slope()
         x_lo = self.n_samples - self._xo
         base = self._predict0(slope, x_lo)
