@@ -2,11 +2,14 @@
 
     python bench/accuracy.py --experts runs/default            # full table
     python bench/accuracy.py --models eegnet peers             # EEGNet + MiniRocket + Riemann
+    python bench/accuracy.py --models defaults                 # what `rtmoe finetune` gives
 
 For each development data set (SelfRegulationSCP1, FingerMovements, HandMovementDirection)
 every method is fitted on the TRAIN split only (neural models: their validation split is
 carved from the train trials) and scored once on the TEST split:
 
+- ``rtmoe finetune, defaults``: the command itself with only ``--dataset`` and
+  ``--seed`` (fresh experts, every other setting its default), :func:`defaults_row`;
 - SpecMoE: the recipe's three pretrained experts (``--experts DIR`` holds
   ``expert0..2`` from ``offline/recipes/default_model.py``), fine-tuned with the
   recipe's ``[moe]``/``[finetune]`` settings. On SCP1 the recipe's own fine-tuned
@@ -58,10 +61,11 @@ from rtmoe.offline.finetune import TASK_SIGNALS, finetune  # noqa: E402
 DATASETS = ALL_DEV_DATASETS  # SCP1, FingerMovements, HandMovementDirection
 RECIPE = ROOT / "offline" / "recipes" / "default_model.toml"
 SPECMOE_ROWS = ("SpecMoE", "no pretraining", "one expert", "no PSD gate")
+DEFAULTS_ROW = "rtmoe finetune, defaults"
 EEGNET_ROW = "EEGNet-8,2 (bench)"
-NEURAL_ROWS = (*SPECMOE_ROWS, EEGNET_ROW)
+NEURAL_ROWS = (DEFAULTS_ROW, *SPECMOE_ROWS, EEGNET_ROW)
 PEER_ROWS = ("MiniRocket (aeon)", "Riemann TS + LR (pyriemann)")
-MODELS = ("specmoe", "eegnet", "peers")
+MODELS = ("defaults", "specmoe", "eegnet", "peers")
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "cohen_kappa", "weighted_f1", "auroc")
 TABLE_KEYS = ("accuracy", "balanced_accuracy", "cohen_kappa", "auroc")
 #: Peer figures from ../shared/DATA.md (test accuracy, balanced accuracy), shown only
@@ -417,6 +421,32 @@ def specmoe_row(
     return metrics, ev.outputs
 
 
+def defaults_row(name: str, work: Path, seed: int) -> tuple[dict[str, Any], np.ndarray]:
+    """``rtmoe finetune --dataset NAME --seed S`` as a user runs it, scored on the test split.
+
+    Every other setting is the command's default (the recipe TOML, fresh experts), so
+    this row measures what a new user gets, not a bench-side recipe.
+    """
+    from rtmoe.cli import main as rtmoe_main
+
+    test = load_dev_split(name, "test")
+    checkpoint = work / f"{name}-defaults-seed{seed}"
+    started = time.monotonic()
+    if not (checkpoint / "meta.json").exists():  # an earlier run's fine-tune is reused
+        argv = ["finetune", "--dataset", name, "--out", str(checkpoint), "--seed", str(seed)]
+        if rtmoe_main([*argv, "--quiet"]) != 0:
+            raise SystemExit(f"rtmoe {' '.join(argv)} failed")
+    ev = evaluate(checkpoint, test.X, test.y, test.sfreq, test.ch_names)
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    metrics = {
+        **{k: ev.metrics[k] for k in METRIC_KEYS},
+        "best_epoch": meta.get("best_epoch"),
+        "minutes": (time.monotonic() - started) / 60,
+        "checkpoint": str(checkpoint),
+    }
+    return metrics, ev.outputs
+
+
 def seed_rows(
     row: str, per_seed: list[dict[str, Any]], probas: list[np.ndarray], y_test: np.ndarray
 ) -> dict[str, dict[str, Any]]:
@@ -589,6 +619,12 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {}
         labels = sorted(set(load_dev_split(name, "train").y.tolist()))
         y_test = _indices(load_dev_split(name, "test").y, labels)
+        if "defaults" in args.models:
+            runs = []
+            for seed in args.seeds:
+                runs.append(defaults_row(name, args.work, seed))
+                print(f"{name} {DEFAULTS_ROW} seed {seed}: {json.dumps(runs[-1][0])}", flush=True)
+            _seed_group(results[name], DEFAULTS_ROW, runs, y_test, args.seeds)
         for row in specmoe_rows:
             runs = []
             for seed in args.seeds:
@@ -613,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in PEER_ROWS:
                 results[name][row + NOT_RUN] = data_md_peer_row(row, name)
     print(format_table(results))
-    if specmoe_rows or run_peers:
+    if "SpecMoE" in specmoe_rows or run_peers:
         print("† test trials shifted by the train-minus-test channel means (label-free): a")
         print("  diagnostic of the session offset, not a method (see recenter()).")
     if run_peers:

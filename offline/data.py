@@ -103,9 +103,11 @@ class _DataOption(argparse.Action):
 
 def add_data_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
     """``--dataset``/``--data``/``--split``, shared by finetune and evaluate."""
+    from rtmoe.offline.corpus.devdata import ALL_DEV_DATASETS
+
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--dataset", help="development data set name (SelfRegulationSCP1, FingerMovements)"
+        "--dataset", help=f"development data set name ({', '.join(ALL_DEV_DATASETS)})"
     )
     source.add_argument(
         "--data", type=Path, action=_DataOption, help=".npz with X (µV), y, sfreq, ch_names"

@@ -143,3 +143,28 @@ def test_bad_arguments_name_the_fix():
     ring.push(np.zeros((2, 790), np.float32))
     with pytest.raises(ValueError, match=r"wait until ring\.n_pushed >= 800"):
         sliding.update(ring)
+
+
+@pytest.mark.cuda
+def test_cuda_hot_path_never_waits_for_the_gpu():
+    """Pushing chunks and updating the PSD only queue GPU work: under torch's sync debug
+    mode every operation that would block the host on the device raises."""
+    n_times, hop, n_chans = 800, 20, 19
+    signal = _eeg_like(n_chans, 4000, seed=3)
+    ring = RingBuffer(n_chans, n_times + hop, "cuda")
+    sliding = SlidingWelch(n_chans, n_times, hop, SFREQ, 400, "cuda")
+    chunks = np.split(signal, signal.shape[1] // hop, axis=1)
+    for chunk in chunks[: n_times // hop]:  # warm-up: allocator, FFT plans, window cache
+        ring.push(chunk)
+    sliding.update(ring)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for chunk in chunks[n_times // hop :]:
+            ring.push(chunk)
+            sliding.update(ring)
+            sliding.window(ring)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = welch_psd(torch.from_numpy(signal[:, -n_times:]), SFREQ, 400)
+    torch.testing.assert_close(sliding.update(ring).cpu(), expected, rtol=1e-4, atol=1e-4)
