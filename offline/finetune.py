@@ -882,6 +882,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(the decimated waveform); default: --config's [moe] ({moe.erp_segments})",
     )
     parser.add_argument(
+        "--waveform-filters",
+        type=int,
+        help="0, or F: a learned branch over the window (EEGNet's temporal and spatial "
+        f"filters, F of them) adds to the head; default: --config's [moe] "
+        f"({moe.waveform_filters})",
+    )
+    parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="default: %(default)s",
@@ -919,6 +926,7 @@ FINETUNE_FLAGS = {
     "channel_pool": "moe.channel_pool",
     "time_segments": "moe.time_segments",
     "erp_segments": "moe.erp_segments",
+    "waveform_filters": "moe.waveform_filters",
 }
 
 

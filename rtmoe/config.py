@@ -239,7 +239,9 @@ class MoEConfig(Section):
     electrodes by position (a fixed montage; the pooled heads ignore electrode order).
     ``erp_segments``: 0, or E > 0 for a linear readout of each electrode's window averaged
     over E consecutive parts (the decimated waveform; a fixed montage too), whose logits
-    add to the head's.
+    add to the head's. ``waveform_filters``: 0, or F > 0 for a learned branch over the
+    window (EEGNet's temporal and spatial filters, F of them; a fixed montage), whose
+    logits add too.
     """
 
     n_experts: int = 3
@@ -248,12 +250,15 @@ class MoEConfig(Section):
     dropout: float = 0.2
     time_segments: int = 1
     erp_segments: int = 0
+    waveform_filters: int = 0
 
     def validate(self) -> None:
         if self.time_segments < 1:
             raise ConfigError(f"moe.time_segments={self.time_segments} must be >= 1")
         if self.erp_segments < 0:
             raise ConfigError(f"moe.erp_segments={self.erp_segments} must be >= 0 (0: off)")
+        if self.waveform_filters < 0:
+            raise ConfigError(f"moe.waveform_filters={self.waveform_filters} must be >= 0 (0: off)")
         if self.n_experts < 1:
             raise ConfigError(f"moe.n_experts={self.n_experts} must be >= 1")
         if self.channel_pool not in CHANNEL_POOLS:

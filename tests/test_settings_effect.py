@@ -534,6 +534,22 @@ def _moe_erp_segments():
     torch.testing.assert_close(features.erp, x.reshape(2, 2, 4, 100).mean(dim=-1))
 
 
+@case("moe.waveform_filters")
+def _moe_waveform_filters():
+    # A learned branch over the window joins the head only with waveform_filters > 0:
+    # the same expert features beside another window change the decision then, never before.
+    x = _window()
+    for overrides, reads in (((), False), (("moe.waveform_filters=3",), True)):
+        model = _moe(*overrides).eval()
+        with torch.no_grad():
+            features = model.forward_features(x)
+            other = features._replace(waveform=None if features.waveform is None else x.flip(-1))
+            y1, y2 = model.forward_head(features), model.forward_head(other)
+        assert (model.waveform_branch is not None) is reads
+        assert (not torch.allclose(y1, y2)) is reads
+    assert model.waveform_branch.layers[1].out_channels == 3
+
+
 @case("moe.dropout")
 def _moe_dropout():
     features = _moe().eval().forward_features(_window())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -205,6 +206,32 @@ def test_erp_segments_feed_the_head_the_decimated_waveform():
         model.forward_head(features._replace(erp=None))
     with pytest.raises(ConfigError, match="erp_segments=241 exceeds"):
         _moe(erp_segments=241)
+    exported = torch.export.export(model, (x[:1], model.psd(x[:1])))
+    torch.testing.assert_close(exported.module()(x[:1], model.psd(x[:1])), model(x[:1]))
+
+
+def test_waveform_branch_adds_learned_filter_logits():
+    model = _moe(waveform_filters=4)
+    x = _sines([3, 11, 27]) + 0.05 * torch.randn(2, N_CHANS, N_TIMES)
+    features = model.forward_features(x)
+    assert features.waveform is x
+    branch = model.waveform_branch
+    temporal, spatial = branch.layers[1], branch.layers[3]
+    assert temporal.kernel_size == (1, 100)  # half a second at 200 Hz
+    assert spatial.kernel_size == (N_CHANS, 1) and spatial.out_channels == 8
+    assert branch.layers[-1].in_features == 8 * (N_TIMES // 32)
+    torch.testing.assert_close(model(x), model.forward_head(features))
+    # The logits are the head's plus the branch's: nothing else changes.
+    head_only = copy.deepcopy(model)
+    head_only.waveform_branch, head_only.waveform_filters = None, 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), head_only(x) + branch(x))
+        # Learned spatial filters: the decision follows the montage order.
+        assert not torch.allclose(model(x[:, torch.tensor([2, 0, 1])]), model(x), atol=1e-5)
+    with pytest.raises(ValueError, match=r"features\.waveform is None"):
+        model.forward_head(features._replace(waveform=None))
+    with pytest.raises(ConfigError, match="at least 32 samples"):
+        SpecMoE([build_model("tiny", SFREQ)], N_CHANS, 31, SFREQ, 4, waveform_filters=2)
     exported = torch.export.export(model, (x[:1], model.psd(x[:1])))
     torch.testing.assert_close(exported.module()(x[:1], model.psd(x[:1])), model(x[:1]))
 

@@ -18,6 +18,12 @@ whose logits add to the head's.
 The experts see spectra and the gates power; slow, phase-locked potentials are what
 neither keeps, and on short trials they carry most of the class information.
 
+With ``waveform_filters = F > 0`` a learned version of that readout joins them: a
+:class:`WaveformBranch` (EEGNet's temporal, depthwise-spatial and separable filters,
+Lawhern et al. 2018) over the window, whose logits also add to the head's. The segment
+means fix the temporal filter (a box) and mix electrodes only linearly at the end; the
+branch learns F band-pass filters, spatial patterns per filter and their time course.
+
 ``SpecMoE.forward_features`` computes ``h_k`` and ``log10(max(PSD, floor))`` (every
 expert parameter, no other); ``SpecMoE.forward_head`` the rest (gates, fusion, pooling,
 head), so ``forward = forward_head ∘ forward_features`` (timm's split).
@@ -85,6 +91,7 @@ from rtmoe.config import (
     to_dict,
 )
 from rtmoe.dsp.spectral import welch_nperseg, welch_psd
+from rtmoe.models.layers import same_padding
 from rtmoe.models.spechinet import TIME_DIVISOR, SpecHiNet, SpecHiNetEncoder
 
 #: Checkpoint kind written by ``rtmoe finetune``.
@@ -171,6 +178,75 @@ def gate_input(psd: torch.Tensor) -> torch.Tensor:
     return torch.log10(psd.clamp_min(PSD_FLOOR))
 
 
+class WaveformBranch(nn.Module):
+    """EEGNet-F,2 over the model-rate window: logits from learned temporal-spatial filters.
+
+    Temporal conv (F filters of half a second) → BN → depthwise spatial conv over all
+    electrodes (2 per filter) → BN → ELU → mean-pool 4 → dropout → separable conv
+    (depthwise, 16 steps, then pointwise) → BN → ELU → mean-pool 8 → dropout → linear.
+    The architecture of Lawhern et al. (2018) without its max-norm weight constraints;
+    convolutions are unbiased (a BatchNorm follows each). BatchNorm after the first
+    convolution makes the branch indifferent to the input's unit.
+
+    Parameters
+    ----------
+    n_chans, n_times : int
+        The window (``n_times >= 32``, the two poolings' span).
+    sfreq : float
+        Its rate in Hz (sets the temporal kernel to ``round(sfreq / 2)`` samples).
+    n_outputs : int
+        Logits.
+    n_filters : int
+        F, the temporal filters.
+    dropout : float
+        The paper's within-subject value by default.
+    """
+
+    DEPTH = 2  # spatial filters per temporal filter (EEGNet's D)
+    SEPARABLE_KERNEL = 16  # steps of the separable convolution (after pooling by 4)
+
+    def __init__(
+        self,
+        n_chans: int,
+        n_times: int,
+        sfreq: float,
+        n_outputs: int,
+        n_filters: int,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if n_times < 32:
+            raise ConfigError(
+                f"moe.waveform_filters needs windows of at least 32 samples; this one has "
+                f"{n_times}: lengthen the window or set moe.waveform_filters = 0"
+            )
+        kernel = max(1, round(sfreq / 2))
+        width = n_filters * self.DEPTH
+        self.layers = nn.Sequential(
+            nn.ZeroPad2d((*same_padding(kernel), 0, 0)),
+            nn.Conv2d(1, n_filters, (1, kernel), bias=False),
+            nn.BatchNorm2d(n_filters),
+            nn.Conv2d(n_filters, width, (n_chans, 1), groups=n_filters, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ELU(),
+            nn.AvgPool2d((1, 4)),
+            nn.Dropout(dropout),
+            nn.ZeroPad2d((*same_padding(self.SEPARABLE_KERNEL), 0, 0)),
+            nn.Conv2d(width, width, (1, self.SEPARABLE_KERNEL), groups=width, bias=False),
+            nn.Conv2d(width, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ELU(),
+            nn.AvgPool2d((1, 8)),
+            nn.Dropout(dropout),
+            nn.Flatten(),
+            nn.Linear(width * (n_times // 4 // 8), n_outputs),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (batch, n_chans, n_times)`` → logits ``(batch, n_outputs)``."""
+        return self.layers(x.unsqueeze(1))
+
+
 class MoEFeatures(NamedTuple):
     """:meth:`SpecMoE.forward_features` of a batch: the head's whole input.
 
@@ -182,11 +258,14 @@ class MoEFeatures(NamedTuple):
         :func:`gate_input` of the window's Welch PSD; ``None`` without PSD gates.
     erp : Tensor, shape (batch, n_chans, erp_segments), or None
         The window averaged over each ERP segment, per electrode; ``None`` without.
+    waveform : Tensor, shape (batch, n_chans, n_times), or None
+        The window itself, for the :class:`WaveformBranch`; ``None`` without.
     """
 
     experts: torch.Tensor
     log_psd: torch.Tensor | None
     erp: torch.Tensor | None = None
+    waveform: torch.Tensor | None = None
 
     def take(self, index: torch.Tensor | slice) -> MoEFeatures:
         """The features of the windows ``index`` selects along the batch axis."""
@@ -229,6 +308,9 @@ class SpecMoE(nn.Module):
         0: no waveform readout; E > 0: each electrode's window averaged over E
         consecutive parts feeds a linear readout whose logits add to the head's (at most
         ``n_times``).
+    waveform_filters : int
+        0: no waveform branch; F > 0: a :class:`WaveformBranch` with F temporal filters
+        whose logits add to the head's.
 
     Attributes
     ----------
@@ -254,6 +336,7 @@ class SpecMoE(nn.Module):
         dropout: float = 0.2,
         time_segments: int = 1,
         erp_segments: int = 0,
+        waveform_filters: int = 0,
     ) -> None:
         super().__init__()
         encoders = [e.encoder if isinstance(e, SpecHiNet) else e for e in experts]
@@ -269,7 +352,13 @@ class SpecMoE(nn.Module):
                 "(build them from one ModelConfig)"
             )
         MoEConfig(  # checks the values
-            len(encoders), use_psd_gate, channel_pool, dropout, time_segments, erp_segments
+            len(encoders),
+            use_psd_gate,
+            channel_pool,
+            dropout,
+            time_segments,
+            erp_segments,
+            waveform_filters,
         )
         for name, value in (("n_chans", n_chans), ("n_times", n_times), ("n_outputs", n_outputs)):
             if value < 1:
@@ -292,6 +381,7 @@ class SpecMoE(nn.Module):
         self.use_psd_gate = use_psd_gate
         self.channel_pool = channel_pool
         self.time_segments, self.erp_segments = int(time_segments), int(erp_segments)
+        self.waveform_filters = int(waveform_filters)
         self.experts = nn.ModuleList(encoders)
         width = len(encoders) * self.feature_dim
         rows = self.time_segments * (self.n_chans if channel_pool == "concat" else 1)
@@ -306,6 +396,13 @@ class SpecMoE(nn.Module):
         # the head's input, a few dozen ERP values drown among hundreds of features.
         self.erp_norm = nn.BatchNorm1d(n_erp, affine=False) if n_erp else None
         self.erp_head = nn.Linear(n_erp, self.n_outputs) if n_erp else None
+        self.waveform_branch = (
+            WaveformBranch(
+                self.n_chans, self.n_times, self.sfreq, self.n_outputs, self.waveform_filters
+            )
+            if self.waveform_filters
+            else None
+        )
         self.head = nn.Sequential(
             nn.LayerNorm(rows * width),
             nn.Linear(rows * width, width),
@@ -385,7 +482,7 @@ class SpecMoE(nn.Module):
             [segment_means(e(x), self.time_segments).transpose(2, 3) for e in self.experts], dim=1
         )
         erp = segment_means(x, self.erp_segments) if self.erp_segments else None
-        return MoEFeatures(experts, log_psd, erp)
+        return MoEFeatures(experts, log_psd, erp, x if self.waveform_filters else None)
 
     @overload
     def forward_head(
@@ -411,7 +508,7 @@ class SpecMoE(nn.Module):
         gates : Tensor, shape (batch, n_experts, n_chans, feature_dim)
             Only with ``return_gates=True``; as in :meth:`forward_with_gates`.
         """
-        experts, log_psd, erp = features
+        experts, log_psd, erp, waveform = features
         batch = experts.shape[0]
         if self.gates is None:
             gates = experts.new_ones(batch, self.n_experts, self.n_chans, self.feature_dim)
@@ -438,6 +535,13 @@ class SpecMoE(nn.Module):
                     "(erp_segments > 0); pass the output of this model's forward_features"
                 )
             logits = logits + self.erp_head(self.erp_norm(erp.reshape(batch, -1)))
+        if self.waveform_branch is not None:
+            if waveform is None:
+                raise ValueError(
+                    "features.waveform is None but this model has a waveform branch "
+                    "(waveform_filters > 0); pass the output of this model's forward_features"
+                )
+            logits = logits + self.waveform_branch(waveform)
         return (logits, gates) if return_gates else logits
 
     def _check_inputs(self, x: torch.Tensor, psd: torch.Tensor | None) -> None:
@@ -473,7 +577,7 @@ class SpecMoEEnsemble(nn.Module):
     Attributes
     ----------
     n_chans, n_times, sfreq, n_outputs, nperseg, psd_bins, feature_dim, use_psd_gate,
-    channel_pool, time_segments, erp_segments :
+    channel_pool, time_segments, erp_segments, waveform_filters :
         As the members' (:class:`SpecMoE`).
     """
 
@@ -486,7 +590,7 @@ class SpecMoEEnsemble(nn.Module):
             )
         names = ("n_chans", "n_times", "sfreq", "n_outputs", "nperseg", "psd_bins")
         names += ("feature_dim", "n_experts", "use_psd_gate", "channel_pool", "time_segments")
-        names += ("erp_segments",)
+        names += ("erp_segments", "waveform_filters")
         for name in names:
             values = [getattr(m, name) for m in members]
             if len(set(values)) != 1:
@@ -582,6 +686,7 @@ def build_specmoe(
         dropout=moe.dropout,
         time_segments=moe.time_segments,
         erp_segments=moe.erp_segments,
+        waveform_filters=moe.waveform_filters,
     )
 
 
