@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,19 +44,14 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def _moe(seed: int = 0, channel_pool: str = "mean", time_segments: int = 1) -> SpecMoE:
-    """Tiny SpecMoE with three random experts and realistic gate statistics."""
+def _moe(seed: int = 0, **head: Any) -> SpecMoE:
+    """Tiny SpecMoE with three random experts and realistic gate statistics.
+
+    ``head``: SpecMoE's keyword options (channel_pool, time_segments, ...).
+    """
     torch.manual_seed(seed)
     experts = [build_model("tiny", SFREQ) for _ in range(3)]
-    model = SpecMoE(
-        experts,
-        N_CHANS,
-        N_TIMES,
-        SFREQ,
-        N_OUTPUTS,
-        channel_pool=channel_pool,
-        time_segments=time_segments,
-    )
+    model = SpecMoE(experts, N_CHANS, N_TIMES, SFREQ, N_OUTPUTS, **head)
     t = torch.arange(N_TIMES) / SFREQ
     sines = torch.stack([torch.sin(2 * math.pi * f * t) for f in (3, 10, 25, 40)])[None]
     log_psd = gate_input(model.psd(0.2 * sines))
@@ -169,8 +165,16 @@ def test_onnx_engine_matches_eager(onnx_built, model):
 
 
 @needs_ort
-def test_onnx_engine_matches_eager_with_a_time_segment_head(tmp_path):
-    model = _moe(time_segments=2)  # 240 samples: two encoder steps, one per segment
+@pytest.mark.parametrize(
+    "head",
+    [
+        {"time_segments": 2},  # 240 samples: two encoder steps, one per segment
+        {"erp_segments": 4, "waveform_filters": 2},  # the waveform readouts
+    ],
+    ids=["time-segments", "waveform"],
+)
+def test_onnx_engine_matches_eager_with_other_heads(head, tmp_path):
+    model = _moe(**head)
     engine = build_engine(model, _window(model, 0), "onnx", tmp_path)
     x, psd = _window(model, 5)
     want_probs, want_gates, _ = _eager(model, x, psd)
