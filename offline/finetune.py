@@ -45,6 +45,7 @@ from rtmoe.cli import Command, UserError
 from rtmoe.config import (
     CHANNEL_POOLS,
     Config,
+    ConfigError,
     FinetuneConfig,
     MoEConfig,
     SignalConfig,
@@ -446,6 +447,12 @@ def finetune(
             f"{len(y)} labels for {len(X)} trials; give one label per trial (check the label "
             "file belongs to this data)"
         )
+    if cfg.waveform_loss and not moe.waveform_filters:
+        raise ConfigError(
+            f"finetune.waveform_loss={cfg.waveform_loss:g} weighs the waveform branch's loss, "
+            "but moe.waveform_filters = 0 builds none; set moe.waveform_filters > 0 or "
+            "finetune.waveform_loss = 0"
+        )
     check_filters_below_nyquist(signal, sfreq)
     n_model = int(np.ceil(X.shape[-1] * signal.sfreq / sfreq))
     if n_model < MIN_TRIAL_S * signal.sfreq:
@@ -648,11 +655,14 @@ def _fit(
             rng.permutation(train_idx), max(1, -(-len(train_idx) // cfg.batch_size))
         ):
             idx = torch.from_numpy(batch).to(device)
-            if augment.active:
-                x = augment(x_all[idx], generator)
-                loss = loss_fn(model(x), y_all[idx])  # the gates read the augmented PSD
+            if augment.active:  # the gates read the augmented window's PSD
+                x, psd = augment(x_all[idx], generator), None
             else:
-                loss = loss_fn(model(x_all[idx], psd_all[idx]), y_all[idx])
+                x, psd = x_all[idx], psd_all[idx]
+            loss = loss_fn(model(x, psd), y_all[idx])
+            if cfg.waveform_loss:
+                branch = loss_fn(model.waveform_branch(x), y_all[idx])
+                loss = loss + cfg.waveform_loss * branch
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -290,6 +290,12 @@ class FinetuneConfig(Section):
     (masked share of a ``[mask]`` spectral mask) augment training batches
     (``rtmoe.offline.augment``); 0 turns each off.
 
+    ``waveform_loss``: weight of the waveform branch's own loss (``moe.waveform_filters``),
+    added to the model's (0: off). Trained only through the sum, the branch stops
+    learning once the expert head has fit the training trials, which on a few hundred
+    trials takes a few epochs; its own loss keeps it learning as if alone (an auxiliary,
+    per-path loss against one path dominating a fused model).
+
     ``unit_from_data``: fresh experts take ``signal.unit_uv`` from the training trials
     (the median over trials and electrodes of the within-trial sd, after filtering), so
     the model sees unit-scale inputs whatever the recording's units (µV, fT, counts);
@@ -313,6 +319,7 @@ class FinetuneConfig(Section):
     augment_shift_s: float = 0.0
     augment_channel_drop: float = 0.0
     augment_spectral_mask: float = 0.0
+    waveform_loss: float = 0.0
     unit_from_data: bool = False
 
     def validate(self) -> None:
@@ -321,6 +328,8 @@ class FinetuneConfig(Section):
                 f"finetune.augment_scale={self.augment_scale} and finetune.augment_shift_s="
                 f"{self.augment_shift_s} must be >= 0 (0: off)"
             )
+        if self.waveform_loss < 0:
+            raise ConfigError(f"finetune.waveform_loss={self.waveform_loss} must be >= 0 (0: off)")
         for name in ("augment_channel_drop", "augment_spectral_mask"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(

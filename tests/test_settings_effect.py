@@ -43,7 +43,7 @@ from test_runtime import MODEL_CHANS, N_TIMES, _drain, _save_model, _subscriber
 
 from rtmoe.checkpoint import load_checkpoint
 from rtmoe.cli import main
-from rtmoe.config import TEN_TWENTY_19, Config, apply_overrides
+from rtmoe.config import TEN_TWENTY_19, Config, ConfigError, apply_overrides
 from rtmoe.dsp.masking import FREQ, TF, TIME, draw_masks, spectral_mask
 from rtmoe.errors import BadValueError
 from rtmoe.models.registry import build_model
@@ -1175,6 +1175,17 @@ def _augment_changes_training(finetuned, setting: str) -> None:
     assert plain.history[0]["train_loss"] != augmented.history[0]["train_loss"]
     # The premise: the same split, so the losses differ by the augmentation alone.
     np.testing.assert_array_equal(plain.folds[0].val_idx, augmented.folds[0].val_idx)
+
+
+@case("finetune.waveform_loss")
+def _finetune_waveform_loss(finetuned):
+    # One batch per epoch, the same initial model and batch: the first epoch's loss is the
+    # model's plus, when weighted, the branch's own cross-entropy (> 0).
+    branch = "moe.waveform_filters=2"
+    plain, weighted = finetuned.get(branch), finetuned.get(branch, "finetune.waveform_loss=1")
+    assert weighted.history[0]["train_loss"] > plain.history[0]["train_loss"]
+    with pytest.raises(ConfigError, match=r"moe\.waveform_filters = 0 builds none"):
+        finetuned.get("finetune.waveform_loss=1")
 
 
 @case("finetune.augment_scale")
